@@ -1,0 +1,176 @@
+"""The one small interface every target implements. The pipeline speaks only to this.
+
+A target stages artifacts (ISOs, golden disk images), creates VMs from a ``VMSpec``, drives their
+lifecycle and tells the pipeline how to reach a guest port from this machine.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from builder.progress import NullProgress, Progress
+
+ArtifactKind = Literal["iso", "image"]
+
+
+@dataclass(frozen=True)
+class Staged:
+    """An artifact as the target knows it: a local path or a PVE volume id (``local:iso/x.iso``)."""
+
+    kind: ArtifactKind
+    ref: str
+    sha256: str
+    size: int
+    uploaded: bool = False  # False when the target already had it (content-addressed re-run)
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    size_bytes: int
+    bus: Literal["virtio", "scsi", "sata", "ide"] = "virtio"
+    cache: Literal["none", "writethrough", "writeback", "directsync", "unsafe"] = "none"
+    source: Staged | None = None  # golden image to copy/import; None means a blank disk
+
+
+@dataclass(frozen=True)
+class NicSpec:
+    mac: str
+    model: Literal["virtio", "e1000"] = "virtio"
+    bridge: str = "vmbr0"
+    vlan: int | None = None
+    firewall: bool = False
+
+
+@dataclass(frozen=True)
+class GuestNetwork:
+    """What the guest will do on its NIC, so a target can provide a matching network.
+
+    mode: ``static`` (address/prefix/gateway given), ``dhcp`` or ``nat``.
+    The local target builds a user-mode network whose subnet matches a static recipe.
+    """
+
+    mode: Literal["static", "dhcp", "nat"]
+    address: str | None = None  # "192.168.1.250/24"
+    gateway: str | None = None
+    nameservers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class VMSpec:
+    name: str  # recipe name, or clone name; unique per target
+    cores: int = 2
+    memory_mib: int = 2048
+    cpu: str = "kvm64"
+    display: Literal["qxl", "std", "virtio", "none"] = "std"
+    bios: Literal["seabios", "ovmf"] = "seabios"
+    disks: tuple[DiskSpec, ...] = ()
+    cdroms: tuple[Staged | None, ...] = ()  # slot order; None is an empty drive
+    nics: tuple[NicSpec, ...] = ()
+    network: GuestNetwork = GuestNetwork("dhcp")
+    boot: tuple[Literal["disk", "cdrom"], ...] = ("disk", "cdrom")
+    agent: bool = True
+    guest_ports: tuple[int, ...] = (22,)  # TCP ports the pipeline will need to reach
+    description: str = ""
+    vmid: int | None = None  # PVE only: requested id (None: next free)
+    # Installer method only: send the installer's syslog here (the target maps it to the host side)
+    installer_syslog: bool = False
+
+
+@dataclass
+class VM:
+    """A VM that exists on a target. ``data`` holds target-private state (pid, vmid, sockets ...)."""
+
+    name: str
+    target: str
+    ident: str  # local: the VM directory; pve: vmid
+    data: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How this machine reaches a guest TCP port (local: a loopback forward; pve: the guest address)."""
+
+    host: str
+    port: int
+    via: str = ""  # e.g. "ssh jump host pve-jump" or "loopback forward to 192.168.1.250:22"
+
+
+class Target(abc.ABC):
+    name: str = "target"
+
+    # --- artifacts -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def stage(self, path: Path, kind: ArtifactKind, *, label: str, progress: Progress = NullProgress()) -> Staged:
+        """Make *path* available to VMs (copy or upload). Content-addressed: skip if already there."""
+
+    @abc.abstractmethod
+    def unstage(self, staged: Staged) -> None:
+        """Remove a staged artifact (e.g. a seed ISO holding a private host key)."""
+
+    # --- lifecycle -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_vm(self, spec: VMSpec, *, progress: Progress = NullProgress()) -> VM: ...
+
+    @abc.abstractmethod
+    def find_vm(self, name: str) -> VM | None:
+        """The VM of that name left by an earlier run (``make --keep``), if any."""
+
+    @abc.abstractmethod
+    def start(self, vm: VM) -> None: ...
+
+    @abc.abstractmethod
+    def is_running(self, vm: VM) -> bool: ...
+
+    @abc.abstractmethod
+    def wait_stopped(self, vm: VM, timeout: float, *, progress: Progress = NullProgress()) -> None:
+        """Wait for the guest to power itself off (installer end). Raise ImgbuildError on timeout."""
+
+    @abc.abstractmethod
+    def shutdown(self, vm: VM, timeout: float = 120) -> None:
+        """Clean shutdown (ACPI / guest agent), falling back to a hard stop after *timeout*."""
+
+    @abc.abstractmethod
+    def stop(self, vm: VM) -> None:
+        """Hard stop."""
+
+    @abc.abstractmethod
+    def destroy(self, vm: VM) -> None:
+        """Stop if running and remove the VM and its disks."""
+
+    # --- media -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def set_cdrom(self, vm: VM, slot: int, staged: Staged | None) -> None:
+        """Insert *staged* into CD-ROM *slot*, or eject with None."""
+
+    @abc.abstractmethod
+    def set_boot(self, vm: VM, order: tuple[str, ...]) -> None: ...
+
+    # --- guest -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def guest_addresses(self, vm: VM, timeout: float) -> list[str]:
+        """IPv4/IPv6 addresses reported by the guest agent, loopback and link-local removed.
+
+        Retries until *timeout*; raises ImgbuildError with the last reason if none appear.
+        """
+
+    @abc.abstractmethod
+    def endpoint(self, vm: VM, guest_address: str, port: int) -> Endpoint:
+        """How to reach *port* on the guest from this machine."""
+
+    @abc.abstractmethod
+    def screenshot(self, vm: VM, dest: Path) -> Path:
+        """Save the VM's display as a PNG at *dest*."""
+
+    @abc.abstractmethod
+    def console_log(self, vm: VM) -> Path | None:
+        """Path to the serial console log, if this target keeps one."""
+
+    # --- golden images ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def make_template(self, vm: VM) -> None: ...
+
+    @abc.abstractmethod
+    def clone(self, vm: VM, name: str, *, full: bool = True, seed: Staged | None = None) -> VM: ...
