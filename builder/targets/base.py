@@ -75,8 +75,6 @@ class VMSpec:
     guest_ports: tuple[int, ...] = (22,)  # TCP ports the pipeline will need to reach
     description: str = ""
     vmid: int | None = None  # PVE only: requested id (None: next free)
-    # Installer method only: send the installer's syslog here (the target maps it to the host side)
-    installer_syslog: bool = False
 
 
 @dataclass
