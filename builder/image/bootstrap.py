@@ -1,0 +1,95 @@
+"""Install the image's packages into a directory with mmdebstrap (apt's resolver; debootstrap cannot
+resolve cloud-init's dependencies), reusing downloaded .debs across builds."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import subprocess
+from pathlib import Path
+
+from builder.cachedir import cache_dir
+from builder.errors import CommandFailed, ImgbuildError
+from builder.image.spec import ImageSpec, package_set, variant
+from builder.proc import quote, require_tool
+from builder.progress import NullProgress, Progress
+
+log = logging.getLogger(__name__)
+
+
+def apt_archive_cache(release: str) -> Path:
+    """Where .debs are kept between builds (one directory per release)."""
+    return cache_dir("apt-archives", release)
+
+
+def mmdebstrap_argv(spec: ImageSpec, rootdir: Path, apt_cache: Path) -> list[str]:
+    """The mmdebstrap command for *spec* (pure).
+
+    Downloaded .debs are synchronised in from and out to *apt_cache* (mmdebstrap's documented
+    sync-in/sync-out pattern, with essential/unlink skipped so they survive until sync-out), so a
+    build with a different task set downloads only what is new. mmdebstrap's cleanup then empties
+    /var/cache/apt/archives in the image.
+    """
+    if any(c.isspace() for c in str(apt_cache)):
+        raise ImgbuildError(f"apt cache path {apt_cache} contains whitespace, which mmdebstrap's sync hooks cannot take")
+    cache = str(apt_cache)
+    argv = [
+        "mmdebstrap",
+        "--mode=root",
+        "--format=directory",
+        f"--variant={variant(spec)}",
+        "--components=main",
+        "--skip=essential/unlink",
+        "--include=" + ",".join(package_set(spec)),
+        "--setup-hook=" + 'mkdir -p "$1"/var/cache/apt/archives/',
+        f"--setup-hook=sync-in {cache} /var/cache/apt/archives/",
+        f"--customize-hook=sync-out /var/cache/apt/archives {cache}",
+    ]
+    if spec.proxy:
+        # Written to /etc/apt/apt.conf.d/99mmdebstrap; configure_rootfs removes it from the image.
+        argv.append(f'--aptopt=Acquire::http::Proxy "{spec.proxy}"')
+    argv += [spec.release, str(rootdir), spec.mirror]
+    return argv
+
+
+def bootstrap(spec: ImageSpec, rootdir: Path, *, progress: Progress = NullProgress()) -> None:
+    require_tool("mmdebstrap", "mmdebstrap")
+    argv = mmdebstrap_argv(spec, rootdir, apt_archive_cache(spec.release))
+    run_streaming(argv, label="mmdebstrap", progress=progress)
+
+
+def run_streaming(argv: list[str], *, label: str, progress: Progress, tail_lines: int = 40) -> None:
+    """Run *argv*, passing each output line to progress; on failure raise CommandFailed with the tail.
+
+    (builder.proc.run captures output whole; mmdebstrap runs for a minute and its phases are the
+    progress worth showing.)
+    """
+    log.debug("run: %s", quote(argv))
+    tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+    try:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+        )
+    except FileNotFoundError as exc:
+        raise CommandFailed(f"command not found: {argv[0]}") from exc
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            line = line.rstrip()
+            if not line:
+                continue
+            tail.append(line)
+            log.debug("%s: %s", label, line)
+            if line.startswith(("I: ", "E: ", "W: ")):
+                progress.step(f"{label}: {line[3:]}"[:150])
+        rc = proc.wait()
+    except BaseException:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+    if rc != 0:
+        raise CommandFailed(f"command failed with exit status {rc}: {quote(argv)}", detail="\n".join(tail))

@@ -1,0 +1,187 @@
+"""Build (or reuse) a golden qcow2 image for an ImageSpec.
+
+Images live in ``cache_dir("images")`` named by the content key of the spec (which includes
+IMAGE_BUILDER_VERSION). A build works in a private temporary directory beside the cache and renames
+the finished qcow2 into place last, so a crashed build leaves nothing the next run trusts; a lock per
+key stops two processes from building the same image at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.cachedir import cache_dir, content_key
+from builder.errors import ImgbuildError
+from builder.fsutil import write_atomic
+from builder.image import bootstrap as _bootstrap
+from builder.image.bootconfig import BootInfo
+from builder.image.configure import configure_rootfs, kernel_version
+from builder.image.disk import assemble_disk, layout_for
+from builder.image.spec import ImageSpec, package_set, variant
+from builder.proc import require_tool, run
+from builder.progress import NullProgress, Progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GoldenImage:
+    path: Path  # the qcow2
+    key: str  # content key of the spec (+ builder version)
+    cached: bool  # True when an earlier build was reused
+
+
+def image_key(spec: ImageSpec) -> str:
+    return content_key(spec.key_data())
+
+
+def image_path(spec: ImageSpec) -> Path:
+    return cache_dir("images") / f"{spec.release}-{spec.bios}-{image_key(spec)[:24]}.qcow2"
+
+
+def build_golden_image(spec: ImageSpec, *, progress: Progress = NullProgress()) -> GoldenImage:
+    key = image_key(spec)
+    final = image_path(spec)
+    if final.exists():
+        progress.step(f"image: reusing {final.name}")
+        return GoldenImage(final, key, cached=True)
+    _require_build_environment(spec)
+    with _lock(final.with_name(f".{final.stem}.lock")):
+        if final.exists():  # another process finished it while we waited
+            return GoldenImage(final, key, cached=True)
+        _remove_stale_builds(final)
+        work = Path(tempfile.mkdtemp(prefix=f".build-{final.stem}-", dir=final.parent))
+        try:
+            _build(spec, key, work, final, progress)
+        finally:
+            remove_tree(work)
+    return GoldenImage(final, key, cached=False)
+
+
+def _require_build_environment(spec: ImageSpec) -> None:
+    if os.geteuid() != 0:
+        raise ImgbuildError(
+            "building a golden image needs root: mmdebstrap installs the packages into a chroot (root mode) "
+            "and the image's filesystem must hold root-owned files",
+            detail="run imgbuild as root (sudo), or use a target/recipe whose golden image is already cached",
+        )
+    require_tool("mmdebstrap", "mmdebstrap")
+    require_tool("chroot", "coreutils")
+    require_tool("mkfs.ext4", "e2fsprogs")
+    require_tool("sfdisk", "fdisk")
+    require_tool("qemu-img", "qemu-utils")
+    if spec.bios == "ovmf":
+        require_tool("mkfs.vfat", "dosfstools")
+        require_tool("mcopy", "mtools")
+
+
+def _build(spec: ImageSpec, key: str, work: Path, final: Path, progress: Progress) -> None:
+    timings: dict[str, float] = {}
+    root = work / "root"
+
+    t = time.monotonic()
+    progress.step(f"image: bootstrapping {spec.release} ({variant(spec)} + {len(package_set(spec))} packages)")
+    _bootstrap.bootstrap(spec, root, progress=progress)
+    timings["bootstrap"] = time.monotonic() - t
+
+    t = time.monotonic()
+    info = BootInfo(
+        bios=spec.bios,
+        root_uuid=str(uuid.uuid4()),
+        kernel_version=kernel_version(root),
+        release=spec.release,
+        esp_uuid=_esp_serial() if spec.bios == "ovmf" else None,
+    )
+    boot = configure_rootfs(root, info, progress=progress)
+    timings["configure"] = time.monotonic() - t
+
+    t = time.monotonic()
+    progress.step("image: writing filesystem and partition table")
+    raw = work / "disk.raw"
+    layout = layout_for(spec.bios, spec.disk_size)
+    assemble_disk(raw, root, layout, boot, root_uuid=info.root_uuid, esp_serial=info.esp_uuid)
+    timings["assemble"] = time.monotonic() - t
+
+    t = time.monotonic()
+    progress.step("image: converting to qcow2")
+    qcow = work / "disk.qcow2"
+    run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=65536", raw, qcow])
+    timings["convert"] = time.monotonic() - t
+
+    manifest = {
+        "key": key,
+        "spec": spec.key_data(),
+        "packages": package_set(spec),
+        "kernel": info.kernel_version,
+        "root_uuid": info.root_uuid,
+        "esp_uuid": info.esp_uuid,
+        "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "timings": {k: round(v, 1) for k, v in timings.items()},
+    }
+    write_atomic(final.with_suffix(".json"), json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.chmod(qcow, 0o444)  # a golden image is only ever a backing file
+    os.replace(qcow, final)  # last: the qcow2 under its final name means the build finished
+    progress.note(f"image: built {final.name} ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})")
+
+
+def image_manifest(image: GoldenImage) -> dict:
+    """The JSON written beside a golden image (kernel, root UUID, timings of its build)."""
+    return json.loads(image.path.with_suffix(".json").read_text())
+
+
+def _esp_serial() -> str:
+    raw = uuid.uuid4().hex[:8].upper()
+    return f"{raw[:4]}-{raw[4:]}"
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _remove_stale_builds(final: Path) -> None:
+    """Work directories a crashed build of this image left behind (we hold its lock, so none is live)."""
+    for stale in final.parent.glob(f".build-{final.stem}-*"):
+        log.info("removing stale build directory %s", stale)
+        remove_tree(stale)
+
+
+def _mounts_under(path: Path) -> list[str]:
+    prefix = str(path.resolve()).rstrip("/") + "/"
+    found = []
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            mountpoint = line.split()[4].encode().decode("unicode_escape")
+            if mountpoint.startswith(prefix):
+                found.append(mountpoint)
+    return sorted(found, key=len, reverse=True)
+
+
+def remove_tree(path: Path) -> None:
+    """rmtree that first unmounts anything a killed mmdebstrap left mounted inside (never deletes through
+    a bind mount of the host's /dev or /proc)."""
+    if not path.exists():
+        return
+    for mountpoint in _mounts_under(path):
+        run(["umount", "--lazy", mountpoint], check=False)
+    left = _mounts_under(path)
+    if left:
+        raise ImgbuildError(f"cannot remove {path}: still mounted inside: {', '.join(left)}")
+    shutil.rmtree(path)

@@ -1,0 +1,107 @@
+"""What a golden image holds: the spec, and the package set it resolves to (pure, no I/O)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from builder.errors import InvalidInput
+
+Bios = Literal["seabios", "ovmf"]
+
+RELEASES = ("trixie", "bookworm")
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+
+# Bump when the way an image is assembled changes: it is part of every cache key, so a new
+# builder never trusts an image an older one made.
+IMAGE_BUILDER_VERSION = "1"
+
+# What every golden image needs to boot under QEMU/PVE and be personalised by cloud-init.
+BASE_PACKAGES = (
+    "linux-image-amd64",
+    "systemd-sysv",
+    "dbus",  # without it systemctl fails in the guest (variant important lacks it)
+    "qemu-guest-agent",
+    "cloud-init",
+    "cloud-guest-utils",  # growpart, so a disk resized by the target is used
+    "openssh-server",
+    "sudo",  # cloud-init's users: sudo rules are useless without it
+    "fdisk",
+    # cloud-init renders network-config v2 for systemd-networkd; resolved applies its DNS.
+    "systemd-resolved",
+)
+BOOTLOADER_PACKAGES: dict[str, tuple[str, ...]] = {
+    "seabios": ("grub-pc",),
+    "ovmf": ("grub-efi-amd64",),
+}
+
+_TASK_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_PACKAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """Inputs of a golden image. Everything here is part of the cache key."""
+
+    release: str = "trixie"
+    mirror: str = DEFAULT_MIRROR
+    proxy: str | None = None  # HTTP proxy for apt while building (not kept in the image)
+    tasks: tuple[str, ...] = ()  # tasksel names: "standard", "ssh-server", "web-server", "lxde-desktop" ...
+    packages: tuple[str, ...] = ()
+    disk_size: int = 8 * 1024**3
+    bios: Bios = "seabios"
+
+    def __post_init__(self) -> None:
+        problems = validate(self)
+        if problems:
+            raise InvalidInput("invalid image spec: " + "; ".join(problems))
+
+    def key_data(self) -> dict:
+        data = asdict(self)
+        # The proxy changes how packages are fetched, not what the image holds.
+        data.pop("proxy", None)
+        data["tasks"] = sorted(set(self.tasks))
+        data["packages"] = sorted(set(self.packages))
+        data["builder"] = IMAGE_BUILDER_VERSION
+        return data
+
+
+def validate(spec: ImageSpec) -> list[str]:
+    problems = []
+    if spec.release not in RELEASES:
+        problems.append(f"release {spec.release!r} is not one of {', '.join(RELEASES)}")
+    if not re.match(r"^(https?|file)://", spec.mirror):
+        problems.append(f"mirror {spec.mirror!r} is not an http(s):// or file:// URL")
+    if spec.proxy is not None and not re.match(r"^https?://", spec.proxy):
+        problems.append(f"proxy {spec.proxy!r} is not an http(s):// URL")
+    for task in spec.tasks:
+        if not _TASK_NAME.match(task):
+            problems.append(f"task {task!r} is not a tasksel task name")
+    for pkg in spec.packages:
+        if not _PACKAGE_NAME.match(pkg):
+            problems.append(f"package {pkg!r} is not a Debian package name")
+    if spec.bios not in BOOTLOADER_PACKAGES:
+        problems.append(f"bios {spec.bios!r} is not one of {', '.join(BOOTLOADER_PACKAGES)}")
+    if spec.disk_size < 2 * 1024**3:
+        problems.append(f"disk size {spec.disk_size} bytes is below the 2 GiB a Debian image needs")
+    if spec.disk_size % (1024 * 1024):
+        problems.append(f"disk size {spec.disk_size} bytes is not a whole number of MiB")
+    return problems
+
+
+def variant(spec: ImageSpec) -> str:
+    """mmdebstrap variant: the 'standard' task is the standard-priority package set."""
+    return "standard" if "standard" in spec.tasks else "important"
+
+
+def task_packages(tasks: tuple[str, ...]) -> list[str]:
+    """tasksel task names as the ``task-*`` packages that implement them ('standard' is a variant)."""
+    return [f"task-{t}" for t in sorted(set(tasks)) if t != "standard"]
+
+
+def package_set(spec: ImageSpec) -> list[str]:
+    """Every package mmdebstrap is asked to include, in a stable order."""
+    wanted = [*BASE_PACKAGES, *BOOTLOADER_PACKAGES[spec.bios], *task_packages(spec.tasks), *sorted(spec.packages)]
+    seen: set[str] = set()
+    return [p for p in wanted if not (p in seen or seen.add(p))]

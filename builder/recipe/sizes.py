@@ -1,0 +1,37 @@
+"""Parse human sizes ("8G", "20GiB", "512M") into bytes. Units are binary (G = GiB), as in Proxmox."""
+
+from __future__ import annotations
+
+import re
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+
+
+def parse_size(value: str | int, *, bare_unit: str) -> int:
+    """Bytes in *value*. An integer (or a bare number string) is counted in *bare_unit* ("M" or "G").
+
+    Raises ValueError with a message fit for the user.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size such as 8G, got {value!r}")
+    if isinstance(value, int):
+        if value <= 0:
+            raise ValueError(f"size must be positive, got {value}")
+        return value * _UNITS[bare_unit]
+    match = _SIZE.match(value)
+    if not match:
+        raise ValueError(f"cannot parse size {value!r}: use a number with K, M, G or T (binary units), e.g. 8G")
+    number, unit = match.groups()
+    unit = unit.upper() or bare_unit
+    size = int(float(number) * _UNITS[unit])
+    if size <= 0:
+        raise ValueError(f"size must be positive, got {value!r}")
+    return size
+
+
+def format_size(n: int) -> str:
+    for unit in ("T", "G", "M", "K"):
+        if n % _UNITS[unit] == 0:
+            return f"{n // _UNITS[unit]}{unit}"
+    return str(n)

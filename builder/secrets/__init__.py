@@ -1,0 +1,1 @@
+"""Secrets a recipe needs at render time: password hashes and SSH key pairs, persisted in out/RECIPE/."""

@@ -1,0 +1,41 @@
+"""ed25519 SSH key pairs in OpenSSH format, generated once and kept (mode 0600) so re-rendering is stable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from builder.fsutil import write_atomic
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    private_path: Path
+    private_openssh: str
+    public_line: str  # "ssh-ed25519 AAAA... comment"
+
+    @property
+    def public_key(self) -> str:
+        """Type and base64 only, without the comment."""
+        return " ".join(self.public_line.split()[:2])
+
+
+def ensure_keypair(private_path: Path, comment: str) -> KeyPair:
+    """Load the key pair at *private_path* (and ``.pub``), generating both if absent."""
+    pub_path = private_path.with_name(private_path.name + ".pub")
+    if private_path.exists():
+        pem = private_path.read_bytes()
+        key = serialization.load_ssh_private_key(pem, password=None)
+    else:
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        )
+        write_atomic(private_path, pem, mode=0o600)
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    line = f"{public.decode()} {comment}"
+    write_atomic(pub_path, line + "\n", mode=0o644)
+    return KeyPair(private_path=private_path, private_openssh=pem.decode(), public_line=line)
