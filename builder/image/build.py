@@ -23,7 +23,7 @@ from pathlib import Path
 
 from builder.cachedir import cache_dir, content_key
 from builder.errors import ImgbuildError
-from builder.fsutil import write_atomic
+from builder.fsutil import atomic_output, write_atomic
 from builder.image import bootstrap as _bootstrap
 from builder.image.bootconfig import BootInfo
 from builder.image.configure import configure_rootfs, kernel_version
@@ -104,6 +104,7 @@ def _build(spec: ImageSpec, key: str, work: Path, final: Path, progress: Progres
         esp_uuid=_esp_serial() if spec.bios == "ovmf" else None,
     )
     boot = configure_rootfs(root, info, progress=progress)
+    _keep_kernel(root / "boot" / f"vmlinuz-{info.kernel_version}")
     timings["configure"] = time.monotonic() - t
 
     t = time.monotonic()
@@ -138,6 +139,14 @@ def _build(spec: ImageSpec, key: str, work: Path, final: Path, progress: Progres
 def image_manifest(image: GoldenImage) -> dict:
     """The JSON written beside a golden image (kernel, root UUID, timings of its build)."""
     return json.loads(image.path.with_suffix(".json").read_text())
+
+
+def _keep_kernel(vmlinuz: Path) -> None:
+    """Keep a copy of the image's kernel: the local target's KVM probe boots it (targets.local.accel)."""
+    dest = cache_dir("kernels") / vmlinuz.name
+    if not dest.exists():
+        with atomic_output(dest) as fh, open(vmlinuz, "rb") as src:
+            shutil.copyfileobj(src, fh)
 
 
 def _esp_serial() -> str:

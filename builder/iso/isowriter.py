@@ -108,7 +108,86 @@ def _iso_dir_name(name: str, taken: set[str]) -> str:
 
 # --- the tree --------------------------------------------------------------------------------------
 
-Source = bytes | Path
+@dataclass(frozen=True)
+class Concat:
+    """A file made of several parts read in turn (e.g. an initrd followed by a cpio archive), never joined
+    in memory."""
+
+    parts: tuple[bytes | Path, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(_part_size(p) for p in self.parts)
+
+    def open(self) -> "ConcatReader":
+        return ConcatReader(self.parts)
+
+
+Source = bytes | Path | Concat
+
+
+def _part_size(part: bytes | Path) -> int:
+    return len(part) if isinstance(part, bytes) else Path(part).stat().st_size
+
+
+class ConcatReader(io.RawIOBase):
+    """A seekable, read-only file object over a sequence of byte strings and files."""
+
+    def __init__(self, parts: Sequence[bytes | Path]) -> None:
+        self._parts: list[tuple[int, int, bytes | Path]] = []
+        offset = 0
+        for part in parts:
+            size = _part_size(part)
+            self._parts.append((offset, size, part))
+            offset += size
+        self._size = offset
+        self._pos = 0
+        self._handles: dict[int, BinaryIO] = {}
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        done = 0
+        for index, (start, size, part) in enumerate(self._parts):
+            if done >= len(view) or self._pos >= self._size:
+                break
+            if not start <= self._pos < start + size:
+                continue
+            inner = self._pos - start
+            want = min(len(view) - done, size - inner)
+            if isinstance(part, bytes):
+                view[done : done + want] = part[inner : inner + want]
+                got = want
+            else:
+                fh = self._handles.get(index)
+                if fh is None:
+                    fh = self._handles[index] = open(part, "rb")
+                fh.seek(inner)
+                got = fh.readinto(view[done : done + want]) or 0
+                if got == 0:
+                    raise ImgbuildError(f"{part} shrank while it was being read")
+            done += got
+            self._pos += got
+        return done
+
+    def close(self) -> None:
+        for fh in self._handles.values():
+            fh.close()
+        self._handles.clear()
+        super().close()
 
 
 @dataclass(frozen=True)
@@ -118,7 +197,11 @@ class IsoFile:
 
     @property
     def size(self) -> int:
-        return len(self.source) if isinstance(self.source, bytes) else self.source.stat().st_size
+        if isinstance(self.source, bytes):
+            return len(self.source)
+        if isinstance(self.source, Concat):
+            return self.source.size
+        return self.source.stat().st_size
 
 
 @dataclass(frozen=True)
@@ -224,6 +307,8 @@ class IsoBuilder:
                     fh: BinaryIO
                     if isinstance(f.source, bytes):
                         fh = io.BytesIO(f.source)
+                    elif isinstance(f.source, Concat):
+                        fh = f.source.open()  # type: ignore[assignment]
                     else:
                         fh = open(f.source, "rb")
                     handles.append(fh)

@@ -30,7 +30,7 @@ class Problem:
 
     def format(self, base: Path | None = None) -> str:
         loc = f"{self.display_file(base)}:{self.line}" if self.line else self.display_file(base)
-        return f"{loc}: {dotted(self.path)}: {self.message}"
+        return f"{loc}: {dotted(self.path)}: {self.message}" if self.path else f"{loc}: {self.message}"
 
     def as_dict(self, base: Path | None = None) -> dict:
         return {"file": self.display_file(base), "line": self.line, "field": dotted(self.path), "message": self.message}

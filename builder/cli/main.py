@@ -1,0 +1,74 @@
+"""Entry point: parse, dispatch, and turn ImgbuildError into one message and an exit code.
+
+Exit codes: 0 success, 1 operational failure (or a failed check), 2 invalid input, 130 interrupted.
+Tracebacks only with --debug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from builder import __version__
+from builder.cli import commands
+from builder.cli.context import Context, default_out_dir, default_recipes_dir
+from builder.cli.output import Output
+from builder.errors import ImgbuildError
+
+DESCRIPTION = """\
+imgbuild turns a short YAML recipe into a running, verified Debian virtual machine:
+it renders a preseed and cloud-init seeds, builds ISOs and golden disk images, boots the VM
+on the local QEMU target (or Proxmox VE) and verifies it over SSH and HTTP."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgbuild", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"imgbuild {__version__}")
+    parser.add_argument("--recipes-dir", type=Path, default=None, metavar="DIR",
+                        help="where recipes are looked up by name (default: $IMGBUILD_RECIPES or ./recipes)")
+    parser.add_argument("--out-dir", type=Path, default=None, metavar="DIR",
+                        help="build output root; each recipe writes to DIR/NAME/ (default: $IMGBUILD_OUT or ./out)")
+    parser.add_argument("--debug", action="store_true", help="verbose logging and full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module in commands.ALL:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    ctx = Context(
+        recipes_dir=args.recipes_dir or default_recipes_dir(),
+        out_dir=args.out_dir or default_out_dir(),
+        debug=args.debug,
+        out=Output(as_json=getattr(args, "json", False)),
+    )
+    try:
+        return int(args.func(ctx, args) or 0)
+    except ImgbuildError as exc:
+        if args.debug:
+            raise
+        print(f"imgbuild: error: {exc.message}", file=sys.stderr)
+        if exc.detail:
+            for line in exc.detail.splitlines():
+                print(f"  {line}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("imgbuild: interrupted", file=sys.stderr)
+        return 130
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,144 @@
+"""Choose QEMU's accelerator: KVM where it really runs a guest, TCG otherwise.
+
+``/dev/kvm`` existing is not enough (FACTS: on these machines SeaBIOS runs under KVM, but a Linux
+kernel then stops with "KVM internal error" while decompressing itself). The probe therefore runs
+two short guests with KVM:
+1. SeaBIOS alone, watching its debug console (port 0x402) for its banner: KVM starts at all;
+2. a Linux kernel with ``earlyprintk`` on the serial port, watching for ``Linux version``: KVM runs
+   a kernel. The kernel is the newest one golden image builds left in ``cache_dir("kernels")`` (or
+   the host's own under /boot); without one, stage 1 decides.
+The verdict is cached per boot of the host (``/proc/sys/kernel/random/boot_id``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from builder.cachedir import cache_dir
+from builder.errors import InvalidInput
+from builder.fsutil import write_atomic
+from builder.proc import require_tool
+
+log = logging.getLogger(__name__)
+
+Accel = Literal["kvm", "tcg"]
+ACCEL_CHOICES = ("auto", "kvm", "tcg")
+
+
+@dataclass(frozen=True)
+class AccelVerdict:
+    accel: Accel
+    reason: str
+    cached: bool = False
+
+
+def boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def choose_accel(requested: str = "auto", *, use_cache: bool = True, kernel: Path | None = None) -> AccelVerdict:
+    """The accelerator to use for *requested* ("auto", "kvm" or "tcg")."""
+    if requested not in ACCEL_CHOICES:
+        raise InvalidInput(f"accel {requested!r} is not one of {', '.join(ACCEL_CHOICES)}")
+    if requested == "tcg":
+        return AccelVerdict("tcg", "requested")
+    if requested == "kvm":
+        return AccelVerdict("kvm", "requested")
+    cache_file = cache_dir("local") / "accel.json"
+    current = boot_id()
+    if use_cache:
+        try:
+            data = json.loads(cache_file.read_text())
+            if data.get("boot_id") == current and data.get("accel") in ("kvm", "tcg"):
+                return AccelVerdict(data["accel"], data.get("reason", ""), cached=True)
+        except (OSError, ValueError):
+            pass
+    verdict = probe_kvm(kernel=kernel)
+    write_atomic(cache_file, json.dumps({"boot_id": current, "accel": verdict.accel, "reason": verdict.reason}) + "\n")
+    return verdict
+
+
+def find_probe_kernel() -> Path | None:
+    candidates = sorted(cache_dir("kernels").glob("vmlinuz-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    release = os.uname().release
+    candidates.append(Path("/boot") / f"vmlinuz-{release}")
+    return next((c for c in candidates if c.is_file() and os.access(c, os.R_OK)), None)
+
+
+def probe_kvm(*, kernel: Path | None = None, timeout: float = 4.0, kernel_timeout: float = 10.0) -> AccelVerdict:
+    """Run the two-stage probe (see module doc). Takes a few seconds; never leaves a QEMU behind."""
+    if not os.path.exists("/dev/kvm"):
+        return AccelVerdict("tcg", "no /dev/kvm")
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return AccelVerdict("tcg", "/dev/kvm is not accessible to this user")
+    qemu = require_tool("qemu-system-x86_64", "qemu-system-x86")
+    base = [qemu, "-accel", "kvm", "-machine", "pc", "-cpu", "kvm64", "-m", "256", "-nodefaults", "-no-user-config",
+            "-display", "none", "-no-reboot"]  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="imgbuild-kvm-probe-") as tmp:
+        debugcon = Path(tmp) / "seabios.log"
+        ok, err = _watch(
+            [*base, "-chardev", f"file,id=dbg,path={debugcon}", "-device", "isa-debugcon,iobase=0x402,chardev=dbg"],
+            debugcon, b"SeaBIOS", timeout,
+        )  # fmt: skip
+        if not ok:
+            return AccelVerdict("tcg", f"KVM guest firmware printed nothing within {timeout:.0f}s{_colon(err)}")
+        kernel = kernel or find_probe_kernel()
+        if kernel is None:
+            return AccelVerdict("kvm", "SeaBIOS runs under KVM (no kernel to probe further)")
+        serial = Path(tmp) / "serial.log"
+        ok, err = _watch(
+            [*base, "-serial", f"file:{serial}", "-kernel", str(kernel),
+             "-append", "console=ttyS0,115200 earlyprintk=serial,ttyS0,115200 panic=-1"],
+            serial, b"Linux version", kernel_timeout,
+        )  # fmt: skip
+        if not ok:
+            return AccelVerdict("tcg", f"a Linux kernel printed nothing under KVM within {kernel_timeout:.0f}s{_colon(err)}")
+    return AccelVerdict("kvm", "a Linux kernel boots under KVM")
+
+
+def _colon(err: str) -> str:
+    return f" ({err})" if err else ""
+
+
+def _watch(argv: list[str], logfile: Path, marker: bytes, timeout: float) -> tuple[bool, str]:
+    """Start *argv*, wait until *logfile* contains *marker* (True) or *timeout* passes; always kill it."""
+    errfile = logfile.with_suffix(".stderr")
+    with open(errfile, "wb") as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                start_new_session=True)  # fmt: skip
+    found = False
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if marker in logfile.read_bytes():
+                    found = True
+                    break
+            except FileNotFoundError:
+                pass
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.wait()
+    message = ""
+    try:
+        text = errfile.read_text(errors="replace")
+        lines = [ln for ln in text.splitlines() if "error" in ln.lower()]
+        message = (lines or [""])[0].strip()[:160]
+    except OSError:
+        pass
+    log.debug("kvm probe %s: found=%s %s", marker, found, message)
+    return found, message
