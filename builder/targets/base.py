@@ -172,3 +172,9 @@ class Target(abc.ABC):
 
     @abc.abstractmethod
     def clone(self, vm: VM, name: str, *, full: bool = True, seed: Staged | None = None) -> VM: ...
+
+    # --- installer -------------------------------------------------------------------------
+    def installer_log_host(self, network: GuestNetwork) -> str | None:
+        """Address the installer inside a guest on *network* should send its syslog to so that it
+        reaches 127.0.0.1 on this machine, or None when this target cannot carry it."""
+        return None
