@@ -92,7 +92,7 @@ def probe_kvm(*, kernel: Path | None = None, timeout: float = 4.0, kernel_timeou
             debugcon, b"SeaBIOS", timeout,
         )  # fmt: skip
         if not ok:
-            return AccelVerdict("tcg", f"KVM guest firmware printed nothing within {timeout:.0f}s{_colon(err)}")
+            return AccelVerdict("tcg", f"firmware printed nothing under KVM within {timeout:.0f}s{_colon(err)}")
         kernel = kernel or find_probe_kernel()
         if kernel is None:
             return AccelVerdict("kvm", "SeaBIOS runs under KVM (no kernel to probe further)")
@@ -103,7 +103,8 @@ def probe_kvm(*, kernel: Path | None = None, timeout: float = 4.0, kernel_timeou
             serial, b"Linux version", kernel_timeout,
         )  # fmt: skip
         if not ok:
-            return AccelVerdict("tcg", f"a Linux kernel printed nothing under KVM within {kernel_timeout:.0f}s{_colon(err)}")
+            why = err or f"no kernel output within {kernel_timeout:.0f}s"
+            return AccelVerdict("tcg", f"SeaBIOS runs under KVM but a Linux kernel does not ({why})")
     return AccelVerdict("kvm", "a Linux kernel boots under KVM")
 
 
@@ -129,6 +130,11 @@ def _watch(argv: list[str], logfile: Path, marker: bytes, timeout: float) -> tup
                 pass
             if proc.poll() is not None:
                 break
+            try:
+                if b"KVM internal error" in errfile.read_bytes():
+                    break  # QEMU pauses the guest and waits forever: no need to sit out the timeout
+            except FileNotFoundError:
+                pass
             time.sleep(0.1)
     finally:
         proc.kill()

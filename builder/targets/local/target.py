@@ -1,0 +1,589 @@
+"""The local target: VMs in qemu-system-x86_64 on this machine.
+
+A VM named N lives in ``OUT/N/``: its serial console in ``OUT/N/console.log`` and everything else
+(disks, OVMF variables, QMP and guest-agent sockets, state.json) in ``OUT/N/vm/``. QEMU runs detached
+(``-daemonize``: its own session), so a kept VM survives imgbuild; ``find_vm`` reattaches from the
+state file. Networking is user-mode with a subnet that matches the recipe; guest ports are forwarded
+from loopback ports only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from builder.cachedir import cache_dir, sha256_file
+from builder.errors import CommandFailed, ImgbuildError, InvalidInput
+from builder.fsutil import write_atomic
+from builder.progress import NullProgress, Progress
+from builder.proc import require_tool, run
+from builder.targets.base import VM, ArtifactKind, Endpoint, GuestNetwork, Staged, Target, VMSpec
+from builder.targets.local import png
+from builder.targets.local.accel import ACCEL_CHOICES, choose_accel
+from builder.targets.local.agent import GuestAgent, usable_addresses
+from builder.targets.local.network import SlirpNet, free_loopback_ports, slirp_for
+from builder.targets.local.qemu_cmd import OVMF_CODE, OVMF_VARS, DiskState, Layout, boot_indexes, qemu_argv
+from builder.targets.local.qmp import QMPClient, QMPError
+from builder.targets.local.state import load_state, o_direct_supported, process_alive, read_pidfile, save_state
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes
+
+
+def derive_mac(name: str, index: int = 0) -> str:
+    """A stable locally administered MAC in QEMU's 52:54:00 range for NIC *index* of VM *name*."""
+    digest = hashlib.sha256(f"{name}/{index}".encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
+class LocalTarget(Target):
+    name = "local"
+
+    def __init__(self, out_root: Path, *, accel: str = "auto") -> None:
+        if accel not in ACCEL_CHOICES:
+            raise InvalidInput(f"accel {accel!r} is not one of {', '.join(ACCEL_CHOICES)}")
+        self.out_root = Path(out_root).resolve()
+        self.accel = accel
+        self.qemu = "qemu-system-x86_64"
+
+    # --- paths ---------------------------------------------------------------------------------
+    def vm_dir(self, name: str) -> Path:
+        if not _NAME.match(name):
+            raise InvalidInput(f"VM name {name!r} must be letters, digits, '.', '_' or '-' (max 63)")
+        return self.out_root / name / "vm"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.out_root / ".staged"
+
+    # --- artifacts -----------------------------------------------------------------------------
+    def stage(self, path: Path, kind: ArtifactKind, *, label: str, progress: Progress = NullProgress()) -> Staged:
+        """Content-addressed hard link (or copy, across filesystems) into OUT/.staged/."""
+        path = Path(path).resolve()
+        if not path.is_file():
+            raise ImgbuildError(f"cannot stage {path}: no such file")
+        digest = _cached_sha256(path)
+        size = path.stat().st_size
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", label)[:60] or kind
+        suffix = ".iso" if kind == "iso" else ".qcow2"
+        if safe.endswith(suffix):
+            safe = safe[: -len(suffix)]
+        dest = self.staging_dir / f"{digest[:16]}-{safe}{suffix}"
+        if dest.exists() and dest.stat().st_size == size:
+            return Staged(kind, str(dest), digest, size, uploaded=False)
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.part")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(path, tmp)
+        except OSError:
+            progress.step(f"staging {path.name} (copy)")
+            shutil.copyfile(path, tmp)
+            os.chmod(tmp, 0o444 if kind == "image" else 0o600)
+        os.replace(tmp, dest)
+        return Staged(kind, str(dest), digest, size, uploaded=True)
+
+    def unstage(self, staged: Staged) -> None:
+        ref = Path(staged.ref)
+        if ref.parent == self.staging_dir:
+            ref.unlink(missing_ok=True)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def create_vm(self, spec: VMSpec, *, progress: Progress = NullProgress()) -> VM:
+        require_tool(self.qemu, "qemu-system-x86")
+        require_tool("qemu-img", "qemu-utils")
+        vmdir = self.vm_dir(spec.name)
+        old = load_state(vmdir) if vmdir.exists() else None
+        if old is not None:
+            existing = self._vm(spec.name, old)
+            if self.is_running(existing):
+                raise ImgbuildError(
+                    f"a VM named {spec.name} is already running (pid {old.get('pid')})",
+                    detail=f"remove it first: imgbuild destroy {spec.name}",
+                )
+            if old.get("template"):
+                raise ImgbuildError(f"{spec.name} is a template; destroy it first to reuse the name")
+        if vmdir.exists():
+            progress.note(f"removing the stopped VM left in {vmdir}")
+            shutil.rmtree(vmdir)
+        vmdir.mkdir(parents=True)
+        os.chmod(vmdir, 0o700)
+        if not spec.nics:
+            raise InvalidInput(f"VM {spec.name} has no NIC; the local target needs one for user-mode networking")
+        slirp = slirp_for(spec.network)
+
+        disks = []
+        for i, disk in enumerate(spec.disks):
+            path = vmdir / f"disk{i}.qcow2"
+            progress.step(f"creating disk {i} ({disk.size_bytes // 1024**3} GiB{', on ' + Path(disk.source.ref).name if disk.source else ''})")
+            if disk.cache == "none":
+                self._check_o_direct(vmdir, disk.source)
+            if disk.source is not None:
+                backing = Path(disk.source.ref)
+                size = max(disk.size_bytes, _virtual_size(backing))
+                run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", backing, path, str(size)])
+            else:
+                run(["qemu-img", "create", "-q", "-f", "qcow2", path, str(disk.size_bytes)])
+            disks.append(asdict(DiskState(str(path), disk.bus, disk.cache)))
+
+        ovmf_vars = None
+        if spec.bios == "ovmf":
+            if not OVMF_CODE.exists() or not OVMF_VARS.exists():
+                raise ImgbuildError(f"OVMF firmware not found ({OVMF_CODE}): install the Debian package 'ovmf'")
+            ovmf_vars = str(vmdir / "OVMF_VARS.fd")
+            shutil.copyfile(OVMF_VARS, ovmf_vars)
+
+        console = self.out_root / spec.name / "console.log"
+        console.write_bytes(b"")
+        state = {
+            "name": spec.name,
+            "spec": _jsonable(asdict(spec)),
+            "cores": spec.cores,
+            "memory_mib": spec.memory_mib,
+            "cpu": spec.cpu,
+            "display": spec.display,
+            "bios": spec.bios,
+            "disks": disks,
+            "cdroms": [c.ref if c else None for c in spec.cdroms],
+            "macs": [n.mac for n in spec.nics],
+            "nic_models": [n.model for n in spec.nics],
+            "slirp": asdict(slirp),
+            "guest_ports": list(spec.guest_ports),
+            "boot": list(spec.boot),
+            "agent": spec.agent,
+            "ovmf_vars": ovmf_vars,
+            "console_log": str(console),
+            "sockdir": str(_socket_dir(vmdir)),
+            "forwards": {},
+            "extra_forwards": [],
+            "pid": None,
+            "accel": None,
+            "template": False,
+            "template_of": None,
+            "linked_clones": [],
+        }
+        save_state(vmdir, state)
+        return self._vm(spec.name, state)
+
+    def find_vm(self, name: str) -> VM | None:
+        state = load_state(self.vm_dir(name))
+        return self._vm(name, state) if state is not None else None
+
+    def start(self, vm: VM, *, progress: Progress = NullProgress()) -> None:
+        state = self._state(vm)
+        if state.get("template"):
+            raise ImgbuildError(f"{vm.name} is a template; clone it to boot a VM")
+        if self.is_running(vm):
+            return
+        verdict = choose_accel(self.accel)
+        if verdict.accel == "tcg" and self.accel == "auto":
+            progress.note(f"using TCG (software emulation): {verdict.reason}")
+        sockdir = Path(state["sockdir"])
+        sockdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        vmdir = self.vm_dir(vm.name)
+        last_error: CommandFailed | None = None
+        for _attempt in range(3):  # a forward port taken between choosing and binding: choose again
+            ports = free_loopback_ports(len(state["guest_ports"]))
+            state["forwards"] = {str(gp): hp for gp, hp in zip(state["guest_ports"], ports)}
+            state["extra_forwards"] = []
+            state["accel"] = verdict.accel
+            for name in ("qmp.sock", "qga.sock"):
+                (sockdir / name).unlink(missing_ok=True)
+            pidfile = vmdir / "qemu.pid"
+            pidfile.unlink(missing_ok=True)
+            argv = qemu_argv(self._layout(vm.name, state), self.qemu)
+            write_atomic(vmdir / "qemu.argv", json.dumps(argv, indent=1) + "\n")
+            try:
+                run(argv, timeout=120)
+            except CommandFailed as exc:
+                last_error = exc
+                if "host forwarding" in exc.detail.lower() or "hostfwd" in exc.detail.lower():
+                    continue
+                break
+            state["pid"] = read_pidfile(pidfile)
+            save_state(vmdir, state)
+            vm.data = state
+            self._qmp(vm, wait=10).close()  # answers: the VM is up
+            return
+        assert last_error is not None
+        raise ImgbuildError(
+            f"QEMU could not start VM {vm.name}: {_first_line(last_error.detail) or last_error.message}",
+            detail=f"{last_error.detail}\ncommand line: {vmdir / 'qemu.argv'}",
+        )
+
+    def is_running(self, vm: VM) -> bool:
+        state = self._state(vm)
+        return process_alive(state.get("pid"), str(Path(state["sockdir"]) / "qmp.sock"))
+
+    def wait_stopped(self, vm: VM, timeout: float, *, progress: Progress = NullProgress()) -> None:
+        start = time.monotonic()
+        last_note = 0.0
+        while self.is_running(vm):
+            elapsed = time.monotonic() - start
+            if elapsed > timeout:
+                raise ImgbuildError(
+                    f"{vm.name} did not power off within {timeout:.0f}s", detail=self._console_tail(vm)
+                )
+            if elapsed - last_note >= 5:
+                progress.step(f"waiting for {vm.name} to power off ({elapsed:.0f}s)")
+                last_note = elapsed
+            time.sleep(0.5)
+        self._mark_stopped(vm)
+
+    def shutdown(self, vm: VM, timeout: float = 120) -> None:
+        """ACPI power button (repeated: a guest still booting may miss the first), then a hard stop."""
+        if not self.is_running(vm):
+            self._mark_stopped(vm)
+            return
+        deadline = time.monotonic() + timeout
+        next_press = 0.0
+        while self.is_running(vm) and time.monotonic() < deadline:
+            if time.monotonic() >= next_press:
+                try:
+                    with self._qmp(vm) as qmp:
+                        qmp.execute("system_powerdown")
+                except ImgbuildError:
+                    pass  # QEMU exiting between the check and the command
+                next_press = time.monotonic() + 15
+            time.sleep(0.5)
+        if self.is_running(vm):
+            self.stop(vm)
+        else:
+            self._mark_stopped(vm)
+
+    def stop(self, vm: VM) -> None:
+        state = self._state(vm)
+        pid = state.get("pid")
+        if self.is_running(vm):
+            try:
+                with self._qmp(vm) as qmp:
+                    qmp.execute("quit")
+            except ImgbuildError:
+                pass
+            for sig, wait in ((None, 5.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+                if sig is not None and self.is_running(vm):
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
+                deadline = time.monotonic() + wait
+                while self.is_running(vm) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+            if self.is_running(vm):
+                raise ImgbuildError(f"QEMU process {pid} of {vm.name} does not die")
+        self._mark_stopped(vm)
+
+    def destroy(self, vm: VM) -> None:
+        vmdir = self.vm_dir(vm.name)
+        state = load_state(vmdir)
+        if state is None:
+            return
+        vm.data = state
+        clones = [c for c in state.get("linked_clones", []) if self.find_vm(c) is not None]
+        if clones:
+            raise ImgbuildError(
+                f"{vm.name} is the template of linked clones: {', '.join(clones)}", detail="destroy those first"
+            )
+        self.stop(vm)
+        parent = state.get("template_of")
+        if parent:
+            pstate = load_state(self.vm_dir(parent))
+            if pstate is not None and vm.name in pstate.get("linked_clones", []):
+                pstate["linked_clones"].remove(vm.name)
+                save_state(self.vm_dir(parent), pstate)
+        sockdir = Path(state["sockdir"])
+        if sockdir != vmdir and sockdir.exists():
+            shutil.rmtree(sockdir, ignore_errors=True)
+        shutil.rmtree(vmdir)
+
+    # --- media ---------------------------------------------------------------------------------
+    def set_cdrom(self, vm: VM, slot: int, staged: Staged | None) -> None:
+        state = self._state(vm)
+        if not 0 <= slot < len(state["cdroms"]):
+            raise InvalidInput(f"{vm.name} has {len(state['cdroms'])} CD-ROM drive(s); no slot {slot}")
+        if self.is_running(vm):
+            with self._qmp(vm) as qmp:
+                if staged is None:
+                    qmp.execute("eject", {"id": f"cdrom{slot}", "force": True})
+                else:
+                    qmp.execute(
+                        "blockdev-change-medium",
+                        {"id": f"cdrom{slot}", "filename": staged.ref, "format": "raw", "read-only-mode": "read-only"},
+                    )
+        state["cdroms"][slot] = staged.ref if staged else None
+        self._save(vm, state)
+
+    def set_boot(self, vm: VM, order: tuple[str, ...]) -> None:
+        state = self._state(vm)
+        disk_idx, cd_idx = boot_indexes(tuple(order), len(state["disks"]), len(state["cdroms"]))
+        state["boot"] = list(order)
+        self._save(vm, state)
+        if self.is_running(vm):  # effective at the guest's next reset; a restart uses the new order anyway
+            with self._qmp(vm) as qmp:
+                for prefix, indexes in (("disk", disk_idx), ("cdrom", cd_idx)):
+                    for i, idx in enumerate(indexes):
+                        try:
+                            qmp.execute("qom-set", {"path": f"/machine/peripheral/{prefix}{i}", "property": "bootindex",
+                                                    "value": idx if idx is not None else -1})  # fmt: skip
+                        except QMPError:
+                            pass
+
+    # --- guest ---------------------------------------------------------------------------------
+    def guest_addresses(self, vm: VM, timeout: float) -> list[str]:
+        state = self._state(vm)
+        if not state.get("agent"):
+            raise ImgbuildError(f"{vm.name} has no guest agent channel")
+        agent = GuestAgent(Path(state["sockdir"]) / "qga.sock")
+        deadline = time.monotonic() + timeout
+        reason = "no answer yet"
+        while True:
+            if not self.is_running(vm):
+                raise ImgbuildError(f"{vm.name} stopped while waiting for its address", detail=self._console_tail(vm))
+            try:
+                addresses = usable_addresses(agent.network_interfaces())
+                if addresses:
+                    return addresses
+                reason = "the agent reports no address yet"
+            except ImgbuildError as exc:
+                reason = exc.message
+            if time.monotonic() >= deadline:
+                raise ImgbuildError(
+                    f"no address from {vm.name}'s guest agent within {timeout:.0f}s: {reason}",
+                    detail=self._console_tail(vm),
+                )
+            time.sleep(2)
+
+    def endpoint(self, vm: VM, guest_address: str, port: int) -> Endpoint:
+        state = self._state(vm)
+        slirp = SlirpNet(**state["slirp"])
+        if guest_address == slirp.guest and str(port) in state["forwards"]:
+            return Endpoint("127.0.0.1", int(state["forwards"][str(port)]), f"loopback forward to {slirp.guest}:{port}")
+        for fwd in state.get("extra_forwards", []):
+            if fwd["address"] == guest_address and fwd["port"] == port:
+                return Endpoint("127.0.0.1", fwd["host_port"], f"loopback forward to {guest_address}:{port}")
+        if not self.is_running(vm):
+            raise ImgbuildError(f"{vm.name} is not running: no forward to {guest_address}:{port}")
+        (host_port,) = free_loopback_ports(1)
+        with self._qmp(vm) as qmp:
+            out = qmp.hmp(f"hostfwd_add net0 tcp:127.0.0.1:{host_port}-{guest_address}:{port}")
+        if out.strip():
+            raise ImgbuildError(f"cannot forward a loopback port to {guest_address}:{port}: {out.strip()}")
+        state.setdefault("extra_forwards", []).append({"address": guest_address, "port": port, "host_port": host_port})
+        self._save(vm, state)
+        return Endpoint("127.0.0.1", host_port, f"loopback forward to {guest_address}:{port}")
+
+    def screenshot(self, vm: VM, dest: Path) -> Path:
+        dest = Path(dest).resolve()
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not self.is_running(vm):
+            raise ImgbuildError(f"{vm.name} is not running: no screen to capture")
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            with self._qmp(vm) as qmp:
+                try:
+                    qmp.execute("screendump", {"filename": str(tmp), "format": "png"}, timeout=30)
+                    data = tmp.read_bytes()
+                except QMPError as exc:
+                    if "format" not in exc.desc:
+                        raise
+                    qmp.execute("screendump", {"filename": str(tmp)}, timeout=30)  # PPM on QEMU < 7.1
+                    data = png.ppm_to_png(tmp.read_bytes())
+                    tmp.write_bytes(data)
+            if not png.is_png(data):
+                raise ImgbuildError(f"QEMU's screendump of {vm.name} is not a PNG")
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return dest
+
+    def console_log(self, vm: VM) -> Path | None:
+        return Path(self._state(vm)["console_log"])
+
+    # --- golden images -------------------------------------------------------------------------
+    def make_template(self, vm: VM) -> None:
+        """Freeze a stopped VM's disks read-only as a base for clones; the VM can no longer be started."""
+        if self.is_running(vm):
+            raise ImgbuildError(f"{vm.name} is running; shut it down before making it a template")
+        state = self._state(vm)
+        for disk in state["disks"]:
+            os.chmod(disk["path"], 0o444)
+        state.update(template=True, pid=None, forwards={}, extra_forwards=[])
+        self._save(vm, state)
+
+    def clone(self, vm: VM, name: str, *, full: bool = True, seed: Staged | None = None) -> VM:
+        """A new VM from *vm*'s disks: a copy (full) or an overlay (linked), new MACs, the seed in slot 0."""
+        src = self._state(vm)
+        if self.is_running(vm):
+            raise ImgbuildError(f"{vm.name} is running; clone a stopped VM or a template")
+        vmdir = self.vm_dir(name)
+        if load_state(vmdir) is not None:
+            raise ImgbuildError(f"a VM named {name} already exists", detail=f"imgbuild destroy {name}")
+        vmdir.mkdir(parents=True)
+        os.chmod(vmdir, 0o700)
+        disks = []
+        for i, disk in enumerate(src["disks"]):
+            path = vmdir / f"disk{i}.qcow2"
+            if full:  # a copy of the overlay: still backed by the read-only golden image, not by the template
+                shutil.copyfile(disk["path"], path)
+                os.chmod(path, 0o644)
+            else:
+                run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", disk["path"], path])
+            disks.append({**disk, "path": str(path)})
+        state = json.loads(json.dumps(src))
+        ovmf_vars = None
+        if src.get("ovmf_vars"):
+            ovmf_vars = str(vmdir / "OVMF_VARS.fd")
+            shutil.copyfile(src["ovmf_vars"], ovmf_vars)
+        cdroms: list[str | None] = [None] * max(1, len(src["cdroms"]))
+        if seed is not None:
+            cdroms[0] = seed.ref
+        console = self.out_root / name / "console.log"
+        console.write_bytes(b"")
+        state.update(
+            name=name,
+            disks=disks,
+            cdroms=cdroms,
+            macs=[derive_mac(name, i) for i in range(len(src["macs"]))],
+            ovmf_vars=ovmf_vars,
+            console_log=str(console),
+            sockdir=str(_socket_dir(vmdir)),
+            forwards={},
+            extra_forwards=[],
+            pid=None,
+            accel=None,
+            template=False,
+            template_of=None if full else vm.name,
+            linked_clones=[],
+        )
+        state["spec"]["name"] = name
+        save_state(vmdir, state)
+        if not full:
+            src.setdefault("linked_clones", []).append(name)
+            self._save(vm, src)
+        return self._vm(name, state)
+
+    # --- installer -----------------------------------------------------------------------------
+    def installer_log_host(self, network: GuestNetwork) -> str | None:
+        """slirp's router address: UDP sent there arrives on 127.0.0.1 of this machine."""
+        return slirp_for(network).host
+
+    # --- internals -----------------------------------------------------------------------------
+    def _vm(self, name: str, state: dict) -> VM:
+        return VM(name=name, target=self.name, ident=str(self.vm_dir(name)), data=state)
+
+    def _state(self, vm: VM) -> dict:
+        if not vm.data:
+            state = load_state(self.vm_dir(vm.name))
+            if state is None:
+                raise ImgbuildError(f"no VM named {vm.name} under {self.out_root}")
+            vm.data = state
+        return vm.data
+
+    def _save(self, vm: VM, state: dict) -> None:
+        vm.data = state
+        save_state(self.vm_dir(vm.name), state)
+
+    def _mark_stopped(self, vm: VM) -> None:
+        state = self._state(vm)
+        if state.get("pid") is not None:
+            state["pid"] = None
+            self._save(vm, state)
+
+    def _layout(self, name: str, state: dict) -> Layout:
+        sockdir = Path(state["sockdir"])
+        return Layout(
+            name=name,
+            accel=state["accel"],
+            cores=state["cores"],
+            memory_mib=state["memory_mib"],
+            cpu=state["cpu"],
+            display=state["display"],
+            bios=state["bios"],
+            disks=tuple(DiskState(**d) for d in state["disks"]),
+            cdroms=tuple(state["cdroms"]),
+            macs=tuple(state["macs"]),
+            nic_models=tuple(state["nic_models"]),
+            slirp=SlirpNet(**state["slirp"]),
+            forwards={int(k): int(v) for k, v in state["forwards"].items()},
+            boot=tuple(state["boot"]),
+            agent=state["agent"],
+            console_log=state["console_log"],
+            qmp_socket=str(sockdir / "qmp.sock"),
+            agent_socket=str(sockdir / "qga.sock"),
+            pidfile=str(self.vm_dir(name) / "qemu.pid"),
+            ovmf_vars=state.get("ovmf_vars"),
+        )
+
+    def _qmp(self, vm: VM, wait: float = 2.0) -> QMPClient:
+        return QMPClient(Path(self._state(vm)["sockdir"]) / "qmp.sock").connect(wait=wait)
+
+    def _console_tail(self, vm: VM, lines: int = 15) -> str:
+        path = self.console_log(vm)
+        try:
+            text = path.read_bytes()[-8192:].decode("utf-8", "replace") if path else ""
+        except OSError:
+            return ""
+        text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+        return f"last lines of {path}:\n" + "\n".join(text.splitlines()[-lines:])
+
+    def _check_o_direct(self, vmdir: Path, source: Staged | None) -> None:
+        for where in (vmdir, Path(source.ref) if source else None):
+            if where is not None and not o_direct_supported(where):
+                raise ImgbuildError(
+                    f"disk cache=none needs O_DIRECT, which the filesystem holding {where} does not support (tmpfs?)",
+                    detail="put the output directory (and the image cache) on a disk filesystem, "
+                    "or ask for another disk cache mode",
+                )
+
+
+def _socket_dir(vmdir: Path) -> Path:
+    """The VM directory, or a short directory under /tmp when socket paths would not fit in sun_path."""
+    if len(str(vmdir / "qmp.sock")) <= MAX_SOCKET_PATH:
+        return vmdir
+    digest = hashlib.sha256(str(vmdir).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"imgbuild-{digest}"
+
+
+def _virtual_size(image: Path) -> int:
+    out = run(["qemu-img", "info", "--output=json", "-U", image]).stdout
+    return int(json.loads(out)["virtual-size"])
+
+
+def _cached_sha256(path: Path) -> str:
+    """sha256 of *path*, remembered by (path, size, mtime, inode) so a 1 GiB image is hashed once."""
+    st = path.stat()
+    key = f"{path}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+    index_file = cache_dir("local") / "sha256-index.json"
+    try:
+        index = json.loads(index_file.read_text())
+    except (OSError, ValueError):
+        index = {}
+    if key in index:
+        return index[key]
+    digest = sha256_file(path)
+    index = {k: v for k, v in index.items() if not k.startswith(f"{path}:")}
+    index[key] = digest
+    write_atomic(index_file, json.dumps(index, indent=0, sort_keys=True) + "\n")
+    return digest
+
+
+def _jsonable(data: object) -> object:
+    return json.loads(json.dumps(data, default=str))
+
+
+def _first_line(text: str) -> str:
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()[:200]
+    return ""
