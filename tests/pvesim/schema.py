@@ -293,7 +293,8 @@ def print_property_string(data: dict[str, Any], fmt: dict[str, Any] | str) -> st
     def value_str(key: str, value: Any) -> str:
         schema = fmt.get(key) or {}
         if schema.get("format") == "disk-size":
-            return formats.format_size(int(value))
+            size = formats.parse_size(perl_str(value))
+            return formats.format_size(size) if size is not None else perl_str(value)
         return perl_str(value)
 
     def add(key: str, is_default: bool = False) -> None:
