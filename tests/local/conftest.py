@@ -1,0 +1,38 @@
+"""Fixtures for the local target's tests: the web-server golden image and a target per module."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+import pytest
+
+from builder.image import GoldenImage, ImageSpec, build_golden_image
+from builder.targets.local import LocalTarget
+
+WEB_SPEC = ImageSpec(release="trixie", tasks=("web-server", "ssh-server", "standard"), bios="seabios")
+
+
+@pytest.fixture(scope="session")
+def web_image() -> GoldenImage:
+    """The golden web-server image (built once on a fresh machine, then reused from the cache)."""
+    return build_golden_image(WEB_SPEC)
+
+
+@pytest.fixture(scope="module")
+def local_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTarget]:
+    """A LocalTarget whose every VM is destroyed at the end of the module, even on failure."""
+    target = LocalTarget(tmp_path_factory.mktemp("out"), accel="auto")
+    yield target
+    destroy_all(target)
+
+
+def destroy_all(target: LocalTarget) -> None:
+    """Stop every VM under the target's output directory, then remove them (linked clones first)."""
+    vms = [target.find_vm(p.parent.parent.name) for p in sorted(target.out_root.glob("*/vm/state.json"))]
+    vms = [vm for vm in vms if vm is not None]
+    for vm in vms:
+        with contextlib.suppress(Exception):
+            target.stop(vm)
+    for vm in sorted(vms, key=lambda v: v.data.get("template_of") is None):
+        with contextlib.suppress(Exception):
+            target.destroy(vm)
