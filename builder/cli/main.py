@@ -45,6 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.debug:
+        # paramiko logs every refused connection with a traceback while a guest boots; our own
+        # messages say what matters.
+        logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     ctx = Context(
         recipes_dir=args.recipes_dir or default_recipes_dir(),
         out_dir=args.out_dir or default_out_dir(),

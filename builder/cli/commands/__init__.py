@@ -1,5 +1,14 @@
 """One module per subcommand; each has register(subparsers) and run(ctx, args)."""
 
-from builder.cli.commands import list_cmd, render_cmd, show_cmd, validate_cmd
+from builder.cli.commands import (
+    build_cmd,
+    destroy_cmd,
+    list_cmd,
+    make_cmd,
+    render_cmd,
+    show_cmd,
+    validate_cmd,
+    verify_cmd,
+)
 
-ALL = [list_cmd, show_cmd, validate_cmd, render_cmd]
+ALL = [list_cmd, show_cmd, validate_cmd, render_cmd, build_cmd, make_cmd, verify_cmd, destroy_cmd]

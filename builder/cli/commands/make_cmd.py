@@ -1,0 +1,56 @@
+"""imgbuild make: render, build, image, boot and verify a recipe; write out/NAME/report.json."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from builder.cli.context import Context
+from builder.errors import CheckFailed
+from builder.pipeline.make import MakeOptions, make
+from builder.progress import ConsoleProgress
+from builder.recipe import load_recipe
+from builder.targets.select import add_target_options, open_target
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("make", help="build, boot and verify a VM from a recipe",
+                       description="Run the whole job for RECIPE: render -> build -> image -> boot -> verify. "
+                                   "Writes OUT/NAME/report.json and exits non-zero if any check failed. "
+                                   "By default the verified VM is shut down cleanly; --keep leaves it running.")
+    p.add_argument("recipe", metavar="RECIPE")
+    p.add_argument("--method", choices=("image", "installer"),
+                   help="override the recipe's install.method (image: golden image + cloud-init; "
+                        "installer: unattended Debian installer)")
+    p.add_argument("--keep", action="store_true", help="leave the VM running and print how to reach it")
+    p.add_argument("--keep-on-failure", action="store_true",
+                   help="after a failure, leave the VM (and uploaded media) for inspection")
+    p.add_argument("--no-replace", dest="replace", action="store_false",
+                   help="fail instead of replacing an existing VM of the same name")
+    add_target_options(p)
+    p.set_defaults(func=run)
+
+
+def run(ctx: Context, args: argparse.Namespace) -> int:
+    recipe = load_recipe(args.recipe, ctx.recipes_dir)
+    target = open_target(args.target, ctx.out_dir, accel=args.accel, insecure=args.insecure)
+    options = MakeOptions(method=args.method, keep=args.keep, keep_on_failure=args.keep_on_failure,
+                          replace=args.replace)
+    progress = ConsoleProgress()
+    report_path = ctx.out_dir / recipe.name / "report.json"
+    try:
+        report = make(recipe, ctx.out_dir, target, options, progress)
+    except CheckFailed:
+        print(f"imgbuild: report: {report_path}", file=sys.stderr)
+        raise
+    print(f"{recipe.name}: verified on {target.name} in {report.seconds:.0f}s "
+          f"({sum(c['ok'] for c in report.checks)}/{len(report.checks)} checks passed)")
+    print(f"  report: {report_path}")
+    if args.keep:
+        print(f"  the VM is running; reach it with:\n    {report.access['ssh']}")
+        for url in report.access.get("urls", []):
+            print(f"    {url}")
+        print(f"  remove it with: imgbuild destroy {recipe.name}")
+    else:
+        print(f"  the VM was shut down cleanly (state: {report.vm.get('state', '?')})")
+    return 0

@@ -1,0 +1,45 @@
+"""imgbuild verify: run a recipe's checks against its running VM (one kept with make --keep)."""
+
+from __future__ import annotations
+
+import argparse
+
+from builder.cli.context import Context
+from builder.errors import CheckFailed, ImgbuildError
+from builder.pipeline.make import ADDRESS_TIMEOUT, verify
+from builder.progress import ConsoleProgress
+from builder.recipe import load_recipe
+from builder.render.write import render_recipe
+from builder.targets.select import add_target_options, open_target
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("verify", help="run a recipe's checks against its running VM",
+                       description="Find RECIPE's VM on the target (start it if it is stopped), read its address "
+                                   "from the guest agent and run the recipe's checks.")
+    p.add_argument("recipe", metavar="RECIPE")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    add_target_options(p)
+    p.set_defaults(func=run)
+
+
+def run(ctx: Context, args: argparse.Namespace) -> int:
+    recipe = load_recipe(args.recipe, ctx.recipes_dir)
+    target = open_target(args.target, ctx.out_dir, accel=args.accel, insecure=args.insecure)
+    vm = target.find_vm(recipe.name)
+    if vm is None:
+        raise ImgbuildError(f"no VM named {recipe.name} on {target.name}",
+                            detail=f"create one with: imgbuild make {recipe.name} --keep")
+    if not target.is_running(vm):
+        target.start(vm)
+    rendered = render_recipe(recipe, ctx.out_dir)
+    addresses = target.guest_addresses(vm, timeout=ADDRESS_TIMEOUT)
+    address = recipe.network.ip if recipe.network.ip in addresses else addresses[0]
+    outcomes = verify(recipe, rendered, target, vm, address, ctx.out_dir / recipe.name, ConsoleProgress())
+    ctx.out.data([o.as_dict() for o in outcomes])
+    for o in outcomes:
+        ctx.out.text(o.line())
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        raise CheckFailed(f"{len(failed)} check(s) failed: {', '.join(o.check for o in failed)}")
+    return 0

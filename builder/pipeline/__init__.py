@@ -1,0 +1,1 @@
+"""The pipeline: render -> build -> image -> boot -> verify, speaking only to the Target interface."""

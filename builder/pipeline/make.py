@@ -1,0 +1,257 @@
+"""imgbuild make: render -> build -> image -> boot -> verify, on any target.
+
+Reads like the recipe it runs: each step is a verb-named function, timed as a stage in the report.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from builder.cachedir import sha256_file
+from builder.errors import CheckFailed, ImgbuildError
+from builder.fsutil import write_atomic
+from builder.iso.installer import build_recipe_isos, read_seed_files
+from builder.iso.seed import build_seed_iso, content_epoch
+from builder.pipeline import specs
+from builder.pipeline.report import Report
+from builder.pipeline.stages import Stages
+from builder.progress import NullProgress, Progress
+from builder.recipe.model import Recipe
+from builder.render.write import Rendered, render_recipe
+from builder.targets.base import VM, Staged, Target
+from builder.verify.checks import CheckRunner, GuestAccess, Outcome
+
+ADDRESS_TIMEOUT = 900.0  # TCG boots are slow; the guest agent answers once the guest is up
+INSTALL_TIMEOUT = 3 * 3600.0
+SYSLOG_PORT = 5140
+
+
+@dataclass
+class MakeOptions:
+    method: str | None = None  # override the recipe's install.method
+    keep: bool = False  # leave the VM running
+    keep_on_failure: bool = False  # leave a failed VM (and its uploads) for inspection
+    replace: bool = True  # replace an existing VM of the same name
+
+
+@dataclass
+class Built:
+    rendered: Rendered
+    seed: Path
+    installer: Path | None = None
+    staged: dict[str, Staged] = field(default_factory=dict)
+
+
+def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
+         progress: Progress = NullProgress()) -> Report:
+    method = options.method or recipe.install.method
+    report = Report(recipe=recipe.name, target=target.name, method=method)
+    stages = Stages(report, progress)
+    out_dir = out_root / recipe.name
+    vm: VM | None = None
+    built: Built | None = None
+    ok = False
+    try:
+        with stages.stage("render"):
+            rendered = render_recipe(recipe, out_root)
+        with stages.stage("build"):
+            built = build_artifacts(recipe, rendered, target, method, report, progress)
+        disk_source = None
+        if method == "image":
+            with stages.stage("image"):
+                disk_source = prepare_image(recipe, target, built, report, progress)
+        with stages.stage("stage"):
+            stage_media(target, built, report, progress)
+        with stages.stage("create"):
+            vm = create_vm(recipe, target, built, disk_source, method, options, progress)
+            report.vm = {"name": vm.name, "target": vm.target, "id": vm.ident}
+        if method == "installer":
+            with stages.stage("install"):
+                run_installer(recipe, target, vm, progress)
+        with stages.stage("boot"):
+            address = boot(recipe, target, vm, progress)
+            report.vm["address"] = address
+        with stages.stage("verify") as record:
+            outcomes = verify(recipe, rendered, target, vm, address, out_dir, progress)
+            report.checks = [o.as_dict() for o in outcomes]
+            failed = [o for o in outcomes if not o.ok]
+            if failed:
+                record.detail = f"{len(failed)} of {len(outcomes)} checks failed"
+                raise CheckFailed(f"{len(failed)} check(s) failed: {', '.join(o.check for o in failed)}",
+                                  detail="\n".join(o.line() for o in failed))
+        report.access = access_info(recipe, rendered, target, vm, address)
+        forget_seed(target, vm, built, progress)
+        ok = True
+    except ImgbuildError as exc:
+        report.finish(False, exc.message)
+        raise
+    except BaseException as exc:
+        report.finish(False, f"{type(exc).__name__}: {exc}")
+        raise
+    else:
+        report.finish(True)
+    finally:
+        settle(target, vm, built, ok=ok, options=options, report=report, progress=progress)
+        report.write(out_dir / "report.json")
+    return report
+
+
+# --- steps -----------------------------------------------------------------------------------------
+
+
+def build_artifacts(recipe: Recipe, rendered: Rendered, target: Target, method: str, report: Report,
+                    progress: Progress) -> Built:
+    """seed.iso always; installer.iso when the install method needs it. SHA256SUMS lists what exists."""
+    out_dir = rendered.out_dir
+    if method == "installer":
+        log_host = target.installer_log_host(specs.guest_network(recipe))
+        args = [f"log_host={log_host}", f"log_port={SYSLOG_PORT}"] if log_host else []
+        base_iso = recipe.install.base_iso
+        base_sums = None
+        if base_iso and base_iso.startswith(("http://", "https://")):
+            base_sums = base_iso.rsplit("/", 1)[0] + "/SHA256SUMS"
+        elif base_iso:
+            base_iso = str(recipe.source.parent / Path(base_iso).expanduser())
+        isos = build_recipe_isos(out_dir, release=recipe.release, mirror=recipe.mirror.url,
+                                 proxy=recipe.mirror.proxy, base_iso=base_iso, base_iso_sums=base_sums,
+                                 kernel_args=args, progress=progress)
+        built = Built(rendered, isos.seed, isos.installer)
+        for name, path in (("seed.iso", isos.seed), ("installer.iso", isos.installer)):
+            report.add_artifact(name, path, isos.sha256[name], path.stat().st_size)
+        return built
+    progress.step("building seed.iso")
+    files = read_seed_files(out_dir)
+    seed = build_seed_iso(files, out_dir / "seed.iso", epoch=content_epoch(files))
+    digest = sha256_file(seed)
+    write_atomic(out_dir / "SHA256SUMS", f"{digest}  seed.iso\n")
+    report.add_artifact("seed.iso", seed, digest, seed.stat().st_size)
+    return Built(rendered, seed)
+
+
+def prepare_image(recipe: Recipe, target: Target, built: Built, report: Report, progress: Progress) -> Staged:
+    from builder.image.build import build_golden_image
+
+    golden = build_golden_image(specs.image_spec(recipe), progress=progress)
+    report.cache["image"] = {"path": str(golden.path), "key": golden.key, "reused": golden.cached}
+    progress.note(f"golden image {'reused' if golden.cached else 'built'}: {golden.path}")
+    staged = target.stage(golden.path, "image", label=f"{recipe.name} golden image", progress=progress)
+    built.staged["image"] = staged
+    report.add_artifact("golden-image", golden.path, staged.sha256, staged.size, reused=golden.cached)
+    return staged
+
+
+def stage_media(target: Target, built: Built, report: Report, progress: Progress) -> None:
+    name = built.rendered.recipe.name
+    built.staged["seed"] = target.stage(built.seed, "iso", label=f"{name}-seed", progress=progress)
+    if built.installer is not None:
+        built.staged["installer"] = target.stage(built.installer, "iso", label=f"{name}-installer",
+                                                 progress=progress)
+    uploaded = [k for k, s in built.staged.items() if s.uploaded]
+    report.cache["staged"] = {k: {"ref": s.ref, "uploaded": s.uploaded} for k, s in built.staged.items()}
+    progress.note(f"staged on {target.name}: {', '.join(built.staged)} (transferred: {', '.join(uploaded) or 'nothing'})")
+
+
+def create_vm(recipe: Recipe, target: Target, built: Built, disk_source: Staged | None, method: str,
+              options: MakeOptions, progress: Progress) -> VM:
+    existing = target.find_vm(recipe.name)
+    if existing is not None:
+        if not options.replace:
+            raise ImgbuildError(f"a VM named {recipe.name} already exists on {target.name}",
+                                detail=f"remove it with: imgbuild destroy {recipe.name} (or pass --replace)")
+        progress.step(f"replacing the earlier VM {recipe.name}")
+        target.destroy(existing)
+    cdroms: tuple[Staged | None, ...] = (built.staged["seed"],)
+    if method == "installer":
+        cdroms = (built.staged["installer"], built.staged["seed"])
+    spec = specs.vm_spec(recipe, disk_source=disk_source, cdroms=cdroms)
+    return target.create_vm(spec, progress=progress)
+
+
+def run_installer(recipe: Recipe, target: Target, vm: VM, progress: Progress) -> None:
+    """Boot the installer ISO on the blank disk, follow its syslog, wait for the power-off, eject it."""
+    from builder.pipeline.installer_watch import watch_install
+
+    watch_install(target, vm, timeout=INSTALL_TIMEOUT, port=SYSLOG_PORT, progress=progress)
+    target.set_cdrom(vm, 0, None)
+
+
+def boot(recipe: Recipe, target: Target, vm: VM, progress: Progress) -> str:
+    if not target.is_running(vm):
+        target.start(vm)
+    progress.step("waiting for the guest agent to report an address")
+    addresses = target.guest_addresses(vm, timeout=ADDRESS_TIMEOUT)
+    want = recipe.network.ip
+    if want and want in addresses:
+        return want
+    v4 = [a for a in addresses if ":" not in a]
+    address = (v4 or addresses)[0]
+    progress.note(f"guest agent reports {', '.join(addresses)}; using {address}")
+    return address
+
+
+def verify(recipe: Recipe, rendered: Rendered, target: Target, vm: VM, address: str, out_dir: Path,
+           progress: Progress) -> list[Outcome]:
+    access = GuestAccess(target=target, vm=vm, address=address, user=recipe.admin.name,
+                         known_hosts=rendered.known_hosts, key_file=rendered.admin_key,
+                         screenshot=out_dir / "screenshot.png")
+    return CheckRunner(recipe, access, progress).run_all()
+
+
+def access_info(recipe: Recipe, rendered: Rendered, target: Target, vm: VM, address: str) -> dict:
+    ssh_ep = target.endpoint(vm, address, 22)
+    cmd = ["ssh"]
+    if rendered.admin_key:
+        cmd += ["-i", str(rendered.admin_key)]
+    cmd += ["-o", f"UserKnownHostsFile={rendered.known_hosts}", "-o", f"HostKeyAlias={recipe.hostname}",
+            "-o", "StrictHostKeyChecking=yes"]
+    if ssh_ep.port != 22:
+        cmd += ["-p", str(ssh_ep.port)]
+    cmd.append(f"{recipe.admin.name}@{ssh_ep.host}")
+    info: dict = {"address": address, "ssh": shlex.join(cmd), "urls": []}
+    for check in recipe.verify:
+        if check.check == "http":
+            ep = target.endpoint(vm, address, check.port)
+            info["urls"].append(f"http://{ep.host}:{ep.port}{check.path}")
+    return info
+
+
+def forget_seed(target: Target, vm: VM, built: Built, progress: Progress) -> None:
+    """The seed ISO holds the guest's private host key: once verified, detach it and remove it from the target."""
+    seed = built.staged.get("seed")
+    if seed is None:
+        return
+    slot = 1 if "installer" in built.staged else 0
+    target.set_cdrom(vm, slot, None)
+    target.unstage(seed)
+    progress.step("seed ISO detached and removed from the target")
+
+
+def settle(target: Target, vm: VM | None, built: Built | None, *, ok: bool, options: MakeOptions,
+           report: Report, progress: Progress) -> None:
+    """Leave things as promised: a verified VM shut down (or running with --keep); after a failure, the VM
+    destroyed and the seed ISO removed from the target, unless --keep-on-failure."""
+    try:
+        if ok:
+            if vm is not None and options.keep:
+                report.vm["state"] = "running"
+            elif vm is not None:
+                progress.step("shutting the VM down")
+                target.shutdown(vm)
+                report.vm["state"] = "shut down"
+            return
+        if options.keep_on_failure:
+            if vm is not None:
+                report.vm["state"] = "kept after failure"
+                progress.note(f"keeping the failed VM for inspection; remove it with: imgbuild destroy {vm.name}")
+            return
+        if vm is not None:
+            target.destroy(vm)
+            report.vm["state"] = "destroyed after failure"
+        seed = built.staged.get("seed") if built else None
+        if seed is not None:
+            target.unstage(seed)
+    except ImgbuildError as exc:
+        report.vm["state"] = f"cleanup failed: {exc.message}"
+        progress.note(f"warning: cleanup after {'success' if ok else 'failure'} did not finish: {exc.message}")

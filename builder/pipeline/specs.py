@@ -1,0 +1,54 @@
+"""Pure translations from a recipe to what the image builder and the targets take."""
+
+from __future__ import annotations
+
+from builder.image.spec import ImageSpec
+from builder.recipe.model import Recipe
+from builder.targets.base import DiskSpec, GuestNetwork, NicSpec, Staged, VMSpec
+
+
+def image_spec(recipe: Recipe) -> ImageSpec:
+    return ImageSpec(
+        release=recipe.release,
+        mirror=recipe.mirror.url,
+        proxy=recipe.mirror.proxy,
+        tasks=recipe.tasks,
+        packages=tuple(p for p in recipe.packages),
+        disk_size=recipe.disk.size_bytes,
+        bios=recipe.vm.bios,
+    )
+
+
+def guest_network(recipe: Recipe) -> GuestNetwork:
+    net = recipe.network
+    # nat with an address is static addressing inside the NAT subnet; targets care about addressing.
+    mode = "static" if net.is_static else "dhcp"
+    return GuestNetwork(mode=mode, address=net.address, gateway=net.gateway, nameservers=net.nameservers)
+
+
+def guest_ports(recipe: Recipe) -> tuple[int, ...]:
+    ports = {22}
+    ports.update(c.port for c in recipe.verify if c.check == "http")
+    return tuple(sorted(ports))
+
+
+def vm_spec(recipe: Recipe, *, disk_source: Staged | None, cdroms: tuple[Staged | None, ...],
+            name: str | None = None, mac: str | None = None) -> VMSpec:
+    net = recipe.network
+    return VMSpec(
+        name=name or recipe.name,
+        cores=recipe.vm.cores,
+        memory_mib=recipe.vm.memory_mib,
+        cpu=recipe.vm.cpu,
+        display=recipe.vm.display,
+        bios=recipe.vm.bios,
+        disks=(DiskSpec(size_bytes=recipe.disk.size_bytes, bus=recipe.disk.bus, cache=recipe.disk.cache,
+                        source=disk_source),),
+        cdroms=cdroms,
+        nics=(NicSpec(mac=mac or net.mac, bridge=net.bridge, vlan=net.vlan, firewall=net.firewall),),
+        network=guest_network(recipe),
+        boot=("disk", "cdrom"),
+        agent=True,
+        guest_ports=guest_ports(recipe),
+        description=f"imgbuild recipe {recipe.name}: {recipe.description}",
+    )

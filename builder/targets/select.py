@@ -1,0 +1,31 @@
+"""Choose the target a command runs on: the local QEMU target unless Proxmox VE is configured or named."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from builder.targets.base import Target
+
+
+def open_target(name: str | None, out_root: Path, *, accel: str = "auto", insecure: bool = False) -> Target:
+    """``local`` -> LocalTarget; any other name (or PROXMOX_URL in the environment) -> Proxmox VE."""
+    if name is None:
+        name = "pve" if os.environ.get("PROXMOX_URL") else "local"
+    if name == "local":
+        from builder.targets.local import LocalTarget
+
+        return LocalTarget(out_root, accel=accel)
+    from builder.targets.pve.connect import open_pve_target
+
+    return open_pve_target(name, out_root, insecure=insecure)
+
+
+def add_target_options(parser) -> None:
+    parser.add_argument("--target", metavar="NAME", default=None,
+                        help="where the VM runs: 'local' (QEMU on this machine; the default unless PROXMOX_URL is "
+                             "set) or a Proxmox VE target from the environment or the targets file")
+    parser.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                        help="local target: QEMU acceleration (auto: KVM when it works here, else TCG)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="Proxmox VE: do not verify the TLS certificate (prints a warning; avoid)")

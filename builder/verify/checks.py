@@ -1,0 +1,180 @@
+"""The recipe's checks, run against a booted VM through its target. Each reports what it expected and saw."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import requests
+
+from builder.errors import ImgbuildError
+from builder.progress import NullProgress, Progress
+from builder.recipe.model import Check, Recipe
+from builder.targets.base import VM, Target
+from builder.verify.pngcheck import inspect_png
+from builder.verify.ssh import GuestShell, HostKeyMismatch
+
+
+@dataclass
+class Outcome:
+    check: str
+    ok: bool
+    expected: str
+    seen: str
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        mark = "PASS" if self.ok else "FAIL"
+        return f"{mark} {self.check}: expected {self.expected}; saw {self.seen}"
+
+
+@dataclass
+class GuestAccess:
+    """What a check needs to reach the guest."""
+
+    target: Target
+    vm: VM
+    address: str
+    user: str
+    known_hosts: Path
+    key_file: Path | None
+    screenshot: Path
+
+
+def _clip(text: str, n: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+class CheckRunner:
+    def __init__(self, recipe: Recipe, access: GuestAccess, progress: Progress = NullProgress()) -> None:
+        self.recipe = recipe
+        self.access = access
+        self.progress = progress
+        self.shell: GuestShell | None = None
+        self.ssh_error: str | None = None
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _shell(self, timeout: float) -> GuestShell:
+        if self.shell is None and self.ssh_error is None:
+            a = self.access
+            shell = GuestShell(a.target.endpoint(a.vm, a.address, 22), a.user, a.known_hosts, a.key_file)
+            try:
+                shell.connect(timeout)
+                self.shell = shell
+            except HostKeyMismatch as exc:
+                self.ssh_error = f"{exc.message} ({exc.detail})"
+            except ImgbuildError as exc:
+                self.ssh_error = f"{exc.message} ({exc.detail})" if exc.detail else exc.message
+        if self.shell is None:
+            raise ImgbuildError(self.ssh_error or "SSH unavailable")
+        return self.shell
+
+    def close(self) -> None:
+        if self.shell:
+            self.shell.close()
+
+    # -- checks --------------------------------------------------------------------------------
+    def run_all(self) -> list[Outcome]:
+        outcomes = []
+        try:
+            for check in self.recipe.verify:
+                self.progress.step(f"check {check.label}")
+                start = time.monotonic()
+                outcome = getattr(self, f"check_{check.check}")(check)
+                outcome.seconds = round(time.monotonic() - start, 2)
+                self.progress.note(outcome.line())
+                outcomes.append(outcome)
+        finally:
+            self.close()
+        return outcomes
+
+    def check_ssh(self, check: Check) -> Outcome:
+        r = self.recipe
+        want_addr = r.network.ip or self.access.address
+        expected = (f"login as {self.access.user} with the pinned host key, hostname {r.hostname}, "
+                    f"address {r.network.address or want_addr}, cloud-init done")
+        try:
+            shell = self._shell(check.timeout)
+        except ImgbuildError as exc:
+            return Outcome("ssh", False, expected, exc.message)
+        status = shell.run("cloud-init status --wait >/dev/null 2>&1; cloud-init status 2>/dev/null | head -1",
+                           timeout=check.timeout).stdout.strip()
+        hostname = shell.run("hostname").stdout.strip()
+        addrs = shell.run("ip -o -4 addr show scope global | awk '{print $4}'").stdout.split()
+        ips = [a.split("/")[0] for a in addrs]
+        seen = f"hostname {hostname or '?'}, addresses {', '.join(addrs) or 'none'}, cloud-init {status or 'status unknown'}"
+        ok = hostname == r.hostname and want_addr in ips and status == "status: done"
+        if r.network.address:
+            ok = ok and r.network.address in addrs
+        return Outcome("ssh", ok, expected, seen)
+
+    def check_service(self, check: Check) -> Outcome:
+        name = check.name or ""
+        expected = f"systemd unit {name} active"
+        return self._service(f"service {name}", name, expected, check.timeout)
+
+    def _service(self, label: str, unit: str, expected: str, timeout: float) -> Outcome:
+        try:
+            shell = self._shell(timeout)
+        except ImgbuildError as exc:
+            return Outcome(label, False, expected, f"no SSH session: {exc.message}")
+        deadline = time.monotonic() + timeout
+        while True:
+            result = shell.run(f"systemctl is-active {shlex.quote(unit)}")
+            state = result.stdout.strip() or result.stderr.strip()
+            if state == "active":
+                return Outcome(label, True, expected, f"{unit} is active")
+            if time.monotonic() >= deadline:
+                return Outcome(label, False, expected, f"{unit} is {state or 'unknown'}")
+            time.sleep(3)
+
+    def check_http(self, check: Check) -> Outcome:
+        a = self.access
+        ep = a.target.endpoint(a.vm, a.address, check.port)
+        url = f"http://{ep.host}:{ep.port}{check.path}"
+        shown = f"http://{a.address}:{check.port}{check.path}"
+        expected = f"HTTP {check.status} from {shown}" + (f" containing {check.expect!r}" if check.expect else "")
+        deadline = time.monotonic() + check.timeout
+        seen = "no answer"
+        while True:
+            try:
+                resp = requests.get(url, timeout=10, allow_redirects=False)
+                body = resp.text
+                found = check.expect is None or check.expect in body
+                if resp.status_code == check.status and found:
+                    return Outcome(check.label, True, expected, f"HTTP {resp.status_code}, text found")
+                seen = f"HTTP {resp.status_code}, page starts {_clip(body, 160)!r}"
+                if resp.status_code == check.status and not found:
+                    return Outcome(check.label, False, expected, seen)  # a page, but the wrong one: no retry
+            except requests.RequestException as exc:
+                seen = f"{type(exc).__name__}: {_clip(str(exc), 160)}"
+            if time.monotonic() >= deadline:
+                return Outcome(check.label, False, expected, seen)
+            time.sleep(3)
+
+    def check_desktop(self, check: Check) -> Outcome:
+        dm = self.recipe.display_manager
+        expected = f"{dm} active and a non-blank screenshot at {self.access.screenshot}"
+        service = self._service("desktop", dm, expected, check.timeout)
+        if not service.ok:
+            return service
+        deadline = time.monotonic() + check.timeout
+        seen = "no screenshot"
+        while True:
+            try:
+                path = self.access.target.screenshot(self.access.vm, self.access.screenshot)
+                info = inspect_png(path.read_bytes())
+                seen = f"{dm} active; screenshot {info.width}x{info.height}, {info.colours} colours sampled"
+                if not info.blank:
+                    return Outcome("desktop", True, expected, seen)
+            except (ImgbuildError, ValueError, OSError) as exc:
+                seen = f"{dm} active; screenshot failed: {exc}"
+            if time.monotonic() >= deadline:
+                return Outcome("desktop", False, expected, seen)
+            time.sleep(5)

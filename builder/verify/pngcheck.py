@@ -1,0 +1,88 @@
+"""Decode enough of a PNG to say whether it is a real, non-blank picture (for the desktop check)."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+MAGIC = b"\x89PNG\r\n\x1a\n"
+CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}
+
+
+@dataclass(frozen=True)
+class PngInfo:
+    width: int
+    height: int
+    colours: int  # distinct pixel values (capped at 4096)
+
+    @property
+    def blank(self) -> bool:
+        return self.colours < 2
+
+
+def inspect_png(data: bytes) -> PngInfo:
+    """Parse and fully decode an 8-bit, non-interlaced PNG. Raises ValueError if it is not a valid one."""
+    if not data.startswith(MAGIC):
+        raise ValueError("not a PNG (bad signature)")
+    pos, idat, header = 8, bytearray(), None
+    while pos < len(data):
+        if pos + 8 > len(data):
+            raise ValueError("truncated PNG chunk header")
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        payload = data[pos + 8 : pos + 8 + length]
+        crc = data[pos + 8 + length : pos + 12 + length]
+        if len(payload) != length or len(crc) != 4 or struct.unpack(">I", crc)[0] != zlib.crc32(kind + payload) & 0xFFFFFFFF:
+            raise ValueError(f"corrupt PNG chunk {kind!r}")
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", payload)
+        elif kind == b"IDAT":
+            idat += payload
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    else:
+        raise ValueError("PNG has no IEND chunk")
+    if header is None:
+        raise ValueError("PNG has no IHDR chunk")
+    width, height, depth, colour, _, _, interlace = header
+    if depth != 8 or colour not in CHANNELS or interlace:
+        raise ValueError(f"unsupported PNG layout (depth {depth}, colour type {colour}, interlace {interlace})")
+    bpp = CHANNELS[colour]
+    stride = width * bpp
+    raw = zlib.decompress(bytes(idat))
+    if len(raw) != height * (stride + 1):
+        raise ValueError("PNG image data has the wrong size")
+    prev = bytearray(stride)
+    colours: set[bytes] = set()
+    for y in range(height):
+        ftype = raw[y * (stride + 1)]
+        line = bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
+        _unfilter(ftype, line, prev, bpp)
+        if len(colours) < 4096:
+            for x in range(0, stride, bpp * 7):  # sample every 7th pixel: plenty to tell blank from not
+                colours.add(bytes(line[x : x + bpp]))
+        prev = line
+    return PngInfo(width=width, height=height, colours=len(colours))
+
+
+def _unfilter(ftype: int, line: bytearray, prev: bytearray, bpp: int) -> None:
+    if ftype == 0:
+        return
+    for i in range(len(line)):
+        left = line[i - bpp] if i >= bpp else 0
+        up = prev[i]
+        if ftype == 1:
+            line[i] = (line[i] + left) & 0xFF
+        elif ftype == 2:
+            line[i] = (line[i] + up) & 0xFF
+        elif ftype == 3:
+            line[i] = (line[i] + ((left + up) >> 1)) & 0xFF
+        elif ftype == 4:
+            ul = prev[i - bpp] if i >= bpp else 0
+            p = left + up - ul
+            pa, pb, pc = abs(p - left), abs(p - up), abs(p - ul)
+            pred = left if pa <= pb and pa <= pc else (up if pb <= pc else ul)
+            line[i] = (line[i] + pred) & 0xFF
+        else:
+            raise ValueError(f"bad PNG filter type {ftype}")
