@@ -1,0 +1,61 @@
+"""Run the PVE simulator as a process (for benchmarks and out-of-process clients).
+
+    python -m tests.pvesim --port 0 --token 'root@pam!imgbuild=SECRET' --data-dir DIR
+
+Prints one JSON line on stdout (url, api_url, fingerprint, ca_file, token_id, node, data_dir; never
+the secret) and serves until SIGTERM/SIGINT. The token may also come from $PVESIM_TOKEN, which
+keeps the secret out of the process list. Faults and inspection: the ``/_pvesim/...`` control
+endpoints (see README.md), authenticated with the same token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from tests.pvesim.simulator import DEFAULT_TOKEN, PveSimulator
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.pvesim", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback only)")
+    parser.add_argument("--port", type=int, default=0, help="0: an ephemeral port (printed)")
+    parser.add_argument("--token", default=os.environ.get("PVESIM_TOKEN", DEFAULT_TOKEN),
+                        help="USER@REALM!TOKENID=SECRET (default: $PVESIM_TOKEN)")
+    parser.add_argument("--data-dir", type=Path, help="where storages live (default: a temporary directory)")
+    parser.add_argument("--node", default="pve")
+    parser.add_argument("--backend", choices=("fake", "qemu"), default="fake")
+    parser.add_argument("--task-duration", type=float, default=0.05, help="seconds every task takes at least")
+    parser.add_argument("--auth-delay", type=float, default=0.2, help="delay before a 401 answer")
+    args = parser.parse_args(argv)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        parser.error("the simulator listens on loopback only")
+    backend = None
+    if args.backend == "qemu":
+        from tests.pvesim.qemu_backend import QemuBackend
+
+        backend = QemuBackend((args.data_dir or Path("/tmp")) / "qemu-vms")
+    try:
+        sim = PveSimulator(token=args.token, node=args.node, host=args.host, port=args.port, data_dir=args.data_dir,
+                           backend=backend, task_duration=args.task_duration, auth_delay=args.auth_delay)
+    except ValueError as exc:
+        parser.error(str(exc))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    sim.start()
+    try:
+        print(json.dumps(sim.info()), flush=True)
+        stop.wait()
+    finally:
+        sim.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
