@@ -53,19 +53,26 @@ def user_data(recipe: Recipe, inputs: RenderInputs) -> dict[str, Any]:
         "package_update": False,
         "package_upgrade": False,
     }
+    # Debian's locale-gen ignores the locale cloud-init passes it and builds only what /etc/locale.gen
+    # enables; without this the locale module fails ("update-locale: invalid locale settings").
+    charset = recipe.locale.partition(".")[2].partition("@")[0] or "ISO-8859-1"
+    files: list[dict[str, Any]] = [{
+        "path": "/etc/locale.gen", "append": True, "content": f"{recipe.locale} {charset}\n",
+    }]
     if recipe.root.login and inputs.root_hash:
         data["chpasswd"] = {"expire": False, "users": [{"name": "root", "password": inputs.root_hash, "type": "hash"}]}
     if recipe.late_commands:
-        data["write_files"] = [{
+        files.append({
             "path": LATE_COMMANDS,
             "permissions": "0755",
             "owner": "root:root",
             "content": user_commands_script(recipe),
-        }]
+        })
         data["runcmd"] = [[
             "sh", "-c",
             f"test -e {LATE_DONE} || {{ sh -e {LATE_COMMANDS} && touch {LATE_DONE}; }}",
         ]]
+    data["write_files"] = files
     data["final_message"] = f"imgbuild: {recipe.name} is up after $UPTIME seconds (cloud-init $VERSION)"
     return data
 

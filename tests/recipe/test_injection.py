@@ -104,7 +104,7 @@ def test_hostile_value_is_neutralised(recipes: Path, out: Path, path: tuple, val
     user_data = yaml.safe_load(rendered.files["user-data"].read_text())
     late_script = decode_late_script(preseed)
     if path[0] == "late_commands":
-        assert user_data["write_files"][0]["content"].endswith("\n".join(value) + "\n")
+        assert user_data["write_files"][-1]["content"].endswith("\n".join(value) + "\n")
         inner = base64.b64decode(late_script.split("echo ")[-1].split(" |")[0]).decode()
         assert inner.endswith("\n".join(value) + "\n")
     elif path[:2] == ("users", 0) and path[2] == "full_name":
