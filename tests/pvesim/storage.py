@@ -1,8 +1,9 @@
 """Simulated storages: a directory storage ``local`` and an LVM-thin-like ``local-lvm``.
 
 Volumes are real files under the simulator's data directory, so a QEMU backend can boot them:
-ISOs and import images as uploaded, VM disks as sparse raw files (blank), copies of the imported
-qcow2 (``import-from``), or qcow2 overlays on a template's base disk (linked clones).
+ISOs and import images as uploaded; VM disks as qcow2 files whatever format PVE would report
+(blank ones from ``qemu-img create``), copies of the imported image (``import-from``), or qcow2
+overlays on a template's base disk (linked clones).
 """
 
 from __future__ import annotations
@@ -127,9 +128,9 @@ class Storages:
         return vol
 
     def alloc_blank(self, storage: StorageDef, vmid: int, size: int) -> Volume:
-        vol = self._new_disk(storage, vmid, size, "raw")
-        with open(vol.path, "wb") as fh:
-            fh.truncate(size)
+        # qcow2 on disk whatever PVE reports (raw for LVM-thin): the QEMU backend boots it as is.
+        vol = self._new_disk(storage, vmid, size, "qcow2")
+        run(["qemu-img", "create", "-q", "-f", "qcow2", str(vol.path), str(size)])
         self.volumes[vol.volid] = vol
         return vol
 
