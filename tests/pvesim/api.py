@@ -567,6 +567,8 @@ class PveApi:
         if p.get("snapshot"):
             raise die(f"snapshot '{p['snapshot']}' does not exist")
         out = self.typed_config(vm.config)
+        if "cipassword" in out:
+            out["cipassword"] = "**********"
         out["digest"] = self.digest(vm.config)
         if vm.lock:
             out["lock"] = vm.lock
@@ -722,8 +724,10 @@ class PveApi:
                 continue
             if re.match(r"^net\d+$", key):
                 value = self._normalize_net(key, value)
-            if key == "sshkeys":
-                pass  # stored url-encoded, as PVE does
+            if key == "cipassword" and not value.startswith("$"):
+                # PVE stores a crypt() hash, never the password (a salted SHA-256 stands in here)
+                salt = uuid.uuid4().hex[:8]
+                value = f"$5${salt}${hashlib.sha256((salt + value).encode()).hexdigest()}"
             config[key] = value
         for key, drive in drives.items():
             old = config.get(key)

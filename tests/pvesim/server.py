@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from tests.pvesim.simulator import PveSimulator
 
 LIMIT_MAX_POST = 512 * 1024
+DRAIN_LIMIT = 16 << 20
 READ_CHUNK = 1 << 20  # upload reads: large, so Python overhead per byte stays small
 UPLOAD_PATH = re.compile(r"^/nodes/[^/]+/storage/[^/]+/upload/*$")
 SECRET_KEYS = re.compile(r"pass|secret|token|ticket|otp", re.I)
@@ -210,6 +211,23 @@ class Handler(BaseHTTPRequestHandler):
                 raise _Aborted("client hung up")
             length -= len(chunk)
 
+    def _drain_chunked(self) -> None:
+        total = 0
+        while total <= DRAIN_LIMIT:
+            line = self.rfile.readline(1024)
+            if not line:
+                return
+            try:
+                size = int(line.split(b";")[0].strip() or b"0", 16)
+            except ValueError:
+                return
+            if size == 0:
+                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                    pass
+                return
+            self._drain(size + 2)
+            total += size
+
     # --- one request ---------------------------------------------------------------------------
     def _dispatch(self, method: str) -> None:
         t0 = time.monotonic()
@@ -236,6 +254,8 @@ class Handler(BaseHTTPRequestHandler):
         if te:
             msg = "chunked transfer encoding not supported" if te.lower() == "chunked" else f"Unknown transfer encoding '{te}'"
             sim.record_rejection("transfer-encoding", method, path, {}, {"_": msg})
+            if te.lower() == "chunked":
+                self._drain_chunked()  # so the client reads the 501 rather than a reset connection
             return self._send(501, msg, close=True)
         m = re.match(r"^/api2/+([a-z][a-z0-9]+)(/.*)?$", path)
         if path.startswith("/_pvesim/"):
@@ -269,6 +289,9 @@ class Handler(BaseHTTPRequestHandler):
             return self._upload(rel, length, user, query, log)
         if length > LIMIT_MAX_POST:
             sim.record_rejection("body-too-large", method, rel, {}, {"_": f"body of {length} bytes"})
+            if length <= DRAIN_LIMIT:
+                # PVE answers without reading; draining lets the client see the 501 instead of a reset
+                self._drain(length)
             return self._send(501, "for data too large", close=True)
         raw = self.rfile.read(length) if length else b""
         if len(raw) != length:
