@@ -103,7 +103,7 @@ def _make_esp(raw: Path, esp: Partition, boot: BootFiles, serial: str) -> None:
     require_tool("mcopy", "mtools")
     volid = serial.replace("-", "")
     run([
-        "mkfs.vfat", "-F", "32", "-n", "EFI", "-i", volid, "--offset", str(esp.start // SECTOR), raw,
+        "mkfs.vfat", "-F", "32", "-s", "1", "-n", "EFI", "-i", volid, "--offset", str(esp.start // SECTOR), raw,
         str(esp.size // 1024),
     ])  # fmt: skip
     image = f"{raw}@@{esp.start}"

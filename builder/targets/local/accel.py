@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from builder.cachedir import cache_dir
+from builder.cachedir import cache_dir, cache_root
 from builder.errors import InvalidInput
 from builder.fsutil import write_atomic
 from builder.proc import require_tool
@@ -70,9 +70,12 @@ def choose_accel(requested: str = "auto", *, use_cache: bool = True, kernel: Pat
 
 
 def find_probe_kernel() -> Path | None:
-    candidates = sorted(cache_dir("kernels").glob("vmlinuz-*"), key=lambda p: p.stat().st_mtime, reverse=True)
-    release = os.uname().release
-    candidates.append(Path("/boot") / f"vmlinuz-{release}")
+    """A Linux kernel to probe with: one a golden image build kept, the installer's netboot kernel, or
+    the host's own."""
+    kept = list(cache_dir("kernels").glob("vmlinuz-*"))
+    netboot = list(cache_root().glob("netboot/*/**/amd64/linux"))
+    candidates = sorted(kept, key=lambda p: p.stat().st_mtime, reverse=True) + netboot
+    candidates.append(Path("/boot") / f"vmlinuz-{os.uname().release}")
     return next((c for c in candidates if c.is_file() and os.access(c, os.R_OK)), None)
 
 
