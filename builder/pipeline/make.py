@@ -74,7 +74,8 @@ def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
             address = boot(recipe, target, vm, progress)
             report.vm["address"] = address
         with stages.stage("verify") as record:
-            outcomes = verify(recipe, rendered, target, vm, address, out_dir, progress)
+            outcomes = verify(recipe, rendered.known_hosts, rendered.admin_key, target, vm, address, out_dir,
+                              progress)
             report.checks = [o.as_dict() for o in outcomes]
             failed = [o for o in outcomes if not o.ok]
             if failed:
@@ -191,10 +192,10 @@ def boot(recipe: Recipe, target: Target, vm: VM, progress: Progress) -> str:
     return address
 
 
-def verify(recipe: Recipe, rendered: Rendered, target: Target, vm: VM, address: str, out_dir: Path,
-           progress: Progress) -> list[Outcome]:
+def verify(recipe: Recipe, known_hosts: Path, admin_key: Path | None, target: Target, vm: VM, address: str,
+           out_dir: Path, progress: Progress) -> list[Outcome]:
     access = GuestAccess(target=target, vm=vm, address=address, user=recipe.admin.name,
-                         known_hosts=rendered.known_hosts, key_file=rendered.admin_key,
+                         known_hosts=known_hosts, key_file=admin_key,
                          screenshot=out_dir / "screenshot.png")
     return CheckRunner(recipe, access, progress).run_all()
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from builder.errors import ImgbuildError
 from builder.fsutil import write_atomic
 from builder.recipe.model import Recipe
 from builder.recipe.problems import Problem, RecipeInvalid
@@ -97,6 +98,16 @@ def resolve_inputs(recipe: Recipe, out_dir: Path, environ: Mapping[str, str]) ->
         password_hashes=hashes, root_hash=root_hash, extra_keys=extra,
     )
     return inputs, admin_key, tuple(secrets)
+
+
+def login_material(recipe: Recipe, out_root: Path) -> tuple[Path, Path | None]:
+    """known_hosts and the admin private key of an already rendered recipe, without touching them."""
+    out_dir = out_root / recipe.name
+    known_hosts = out_dir / "known_hosts"
+    if not known_hosts.exists():
+        raise ImgbuildError(f"{known_hosts} is missing: run imgbuild make {recipe.name} first")
+    key = out_dir / ADMIN_KEY
+    return known_hosts, (key if key.exists() and not recipe.admin.ssh_keys else None)
 
 
 def known_hosts_text(recipe: Recipe, public_key: str) -> str:

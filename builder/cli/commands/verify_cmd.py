@@ -9,7 +9,7 @@ from builder.errors import CheckFailed, ImgbuildError
 from builder.pipeline.make import ADDRESS_TIMEOUT, verify
 from builder.progress import ConsoleProgress
 from builder.recipe import load_recipe
-from builder.render.write import render_recipe
+from builder.render.write import login_material
 from builder.targets.select import add_target_options, open_target
 
 
@@ -32,10 +32,11 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
                             detail=f"create one with: imgbuild make {recipe.name} --keep")
     if not target.is_running(vm):
         target.start(vm)
-    rendered = render_recipe(recipe, ctx.out_dir)
+    known_hosts, admin_key = login_material(recipe, ctx.out_dir)  # as rendered by make: never rewritten here
     addresses = target.guest_addresses(vm, timeout=ADDRESS_TIMEOUT)
     address = recipe.network.ip if recipe.network.ip in addresses else addresses[0]
-    outcomes = verify(recipe, rendered, target, vm, address, ctx.out_dir / recipe.name, ConsoleProgress())
+    outcomes = verify(recipe, known_hosts, admin_key, target, vm, address, ctx.out_dir / recipe.name,
+                      ConsoleProgress())
     ctx.out.data([o.as_dict() for o in outcomes])
     for o in outcomes:
         ctx.out.text(o.line())

@@ -1,0 +1,51 @@
+"""make fails loudly and honestly: a wrong expectation names the check and what it saw.
+
+The recipe extends web-server, so its golden image is the same: make must reuse the cached image
+(asserted from the report, not timed).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.pipeline.conftest import check_named, qemu_processes
+
+pytestmark = pytest.mark.boot
+
+WRONG_TEXT = """\
+extends: web-server
+description: web-server whose HTTP check expects the wrong page
+verify:
+  - check: ssh
+  - check: http
+    port: 80
+    path: /
+    expect: Welcome to nginx!
+    timeout: 60
+"""
+
+
+def test_wrong_http_text_fails_make_and_reuses_the_image(imgbuild) -> None:
+    imgbuild.add_recipe("web-wrong", WRONG_TEXT)
+    result = imgbuild("make", "web-wrong")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "1 check(s) failed: http :80/" in result.stderr
+    assert "report.json" in result.stderr
+    report = imgbuild.report("web-wrong")
+    assert report["ok"] is False and report["failed_checks"] == ["http :80/"]
+    http = check_named(report, "http :80/")
+    assert "Welcome to nginx!" in http["expected"]
+    assert http["seen"].startswith("HTTP 200") and "Apache2" in http["seen"]
+    assert check_named(report, "ssh")["ok"]
+    assert report["cache"]["image"]["reused"] is True
+    verify = [s for s in report["stages"] if s["name"] == "verify"][0]
+    assert verify["ok"] is False and "1 of 2 checks failed" in verify["detail"]
+    # A failed make leaves no VM behind (no --keep-on-failure).
+    assert report["vm"]["state"] == "destroyed after failure"
+    assert qemu_processes(imgbuild.out) == []
+
+
+def test_unknown_recipe_fails_before_anything_runs(imgbuild) -> None:
+    result = imgbuild("make", "no-such-recipe")
+    assert result.returncode == 2 and "no such recipe" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,78 @@
+"""imgbuild make web-server on the local target: the README's main job, verified for real.
+
+One VM (kept with --keep) serves the module: verify again, then a tampered known_hosts must fail.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.pipeline.conftest import check_named, qemu_processes
+
+pytestmark = pytest.mark.boot
+
+
+@pytest.fixture(scope="module")
+def made(imgbuild):
+    result = imgbuild("make", "web-server", "--keep")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result, imgbuild.report("web-server")
+
+
+def test_make_ends_in_a_verified_vm(made) -> None:
+    result, report = made
+    assert report["ok"] is True and report["failed_checks"] == []
+    assert [s["name"] for s in report["stages"]] == ["render", "build", "image", "stage", "create", "boot", "verify"]
+    assert all(s["ok"] for s in report["stages"])
+    ssh = check_named(report, "ssh")
+    assert ssh["ok"] and "192.168.1.250/24" in ssh["seen"] and "cloud-init status: done" in ssh["seen"]
+    http = check_named(report, "http :80/")
+    assert http["ok"] and "Apache2 Debian Default Page" in http["expected"]
+    assert check_named(report, "service apache2")["ok"]
+    assert report["vm"]["address"] == "192.168.1.250" and report["vm"]["state"] == "running"
+    names = {a["name"] for a in report["artifacts"]}
+    assert {"seed.iso", "golden-image"} <= names and all(len(a["sha256"]) == 64 for a in report["artifacts"])
+    assert "ssh -i" in report["access"]["ssh"] and report["access"]["urls"][0].startswith("http://127.0.0.1:")
+    assert "verified on local" in result.stdout and "imgbuild destroy web-server" in result.stdout
+
+
+def test_kept_vm_serves_the_apache_page(made) -> None:
+    import requests
+
+    _, report = made
+    page = requests.get(report["access"]["urls"][0], timeout=30)
+    assert page.status_code == 200 and "Apache2 Debian Default Page" in page.text
+
+
+def test_verify_again(imgbuild, made) -> None:
+    result = imgbuild("verify", "--json", "web-server")
+    assert result.returncode == 0, result.stderr
+    assert all(c["ok"] for c in json.loads(result.stdout))
+
+
+def test_tampered_known_hosts_fails_ssh(imgbuild, made, tmp_path) -> None:
+    known = imgbuild.out / "web-server" / "known_hosts"
+    original = known.read_text()
+    other = (tmp_path / "k")
+    import subprocess
+
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    fields = original.split()
+    known.write_text(f"{fields[0]} {other.with_suffix('.pub').read_text().split()[0]} "
+                     f"{other.with_suffix('.pub').read_text().split()[1]}\n")
+    try:
+        result = imgbuild("verify", "web-server")
+        assert result.returncode == 1
+        assert "FAIL ssh" in result.stdout and "does not match" in result.stdout
+        assert "Traceback" not in result.stderr
+    finally:
+        known.write_text(original)
+
+
+def test_destroy_removes_the_vm(imgbuild, made) -> None:
+    assert qemu_processes(imgbuild.out)
+    result = imgbuild("destroy", "web-server")
+    assert result.returncode == 0 and "destroyed" in result.stdout
+    assert qemu_processes(imgbuild.out) == []
