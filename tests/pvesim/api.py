@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-import shutil
 import threading
 import time
 import uuid
@@ -472,7 +471,7 @@ class PveApi:
         if task is None:
             if not re.match(r"^UPID:[^:]+:[0-9A-F]{8}:[0-9A-F]{8,9}:[0-9A-F]{8}:[^:]+:[^:]*:[^:]+:$", upid):
                 raise die(f"unable to parse worker upid '{upid}'")
-            raise die(f"no such task")
+            raise die("no such task")
         return task
 
     @route("GET", "/nodes/{node}/tasks/{upid}/status")
@@ -822,7 +821,7 @@ class PveApi:
             raise die(f"volume '{drive['file']}' does not exist")
         m = re.match(r"^(\+)?(\d+(\.\d+)?[KMGT]?)$", p["size"])
         if not m:
-            raise die(f"invalid size string")
+            raise die("invalid size string")
         amount = parse_size(m.group(2)) or 0
         newsize = vol.size + amount if m.group(1) else amount
         if newsize < vol.size:
@@ -1113,7 +1112,3 @@ def hash_file(algo: str, path: Path) -> str:
         while chunk := fh.read(4 << 20):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def copy_file(src: Path, dst: Path) -> None:
-    shutil.copyfile(src, dst)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -251,13 +251,3 @@ def _link_local(mac: str) -> str:
     eui = octets[:3] + [0xFF, 0xFE] + octets[3:]
     groups = [f"{eui[i] << 8 | eui[i + 1]:x}" for i in range(0, 8, 2)]
     return "fe80::" + ":".join(groups)
-
-
-def running_since(started: float) -> int:
-    return int(time.monotonic() - started)
-
-
-@dataclass
-class BackendInfo:
-    name: str
-    detail: dict[str, Any] = field(default_factory=dict)

@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import requests
 
-from tests.pvesim.simulator import PveSimulator
 from tests.pvesim_tests.conftest import Client, upload
 
 REPO = Path(__file__).resolve().parents[2]
@@ -117,6 +117,7 @@ def test_delete_volume(pve: Client) -> None:
     assert pve.data("delete", "/nodes/pve/storage/local/content/local:iso/seed.iso", delay=5) is None
 
 
+@pytest.mark.boot  # not a boot, but 1 GiB through TLS: 7-25 s depending on the machine's load
 def test_large_upload_streams_with_flat_server_memory(tmp_path: Path) -> None:
     """1 GiB through requests-toolbelt to the simulator as a process: its peak RSS stays small."""
     from requests_toolbelt import MultipartEncoder
