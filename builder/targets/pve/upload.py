@@ -1,0 +1,203 @@
+"""Uploading ISOs and golden images to a PVE storage: content-addressed, streamed, verified, retried.
+
+- File names carry the content hash (``<label>-<sha256[:16]>.iso`` / ``.qcow2``): before uploading,
+  the storage's content is listed, and a file whose name ends in the same hash and whose size matches
+  is reused as is. A file of that name with another size is not trusted: it is deleted and replaced.
+- The body is a ``MultipartEncoder`` (requests-toolbelt) reading the file in 1 MiB blocks, so memory
+  stays flat whatever the size; the text fields ``content``, ``checksum-algorithm=sha256`` and
+  ``checksum`` come before the file part, so PVE verifies the upload in its import task.
+- Timeouts: short to connect, generous (sized to the file) for writing and for the answer.
+- A dropped connection or a 502/503/504 answer is retried (bounded, with backoff). PVE writes an
+  upload to a temporary file and only moves it into place after the checksum matched, so an
+  interrupted upload never leaves a file under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+from requests_toolbelt import MultipartEncoder, MultipartEncoderMonitor
+
+from builder.cachedir import cache_dir, sha256_file
+from builder.errors import ImgbuildError
+from builder.fsutil import write_atomic
+from builder.progress import NullProgress, Progress
+from builder.targets.pve.client import PveClient, PveError, read_json_response, volume_path
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 10.0
+MIN_TRANSFER_TIMEOUT = 300.0  # seconds a single write or the final answer may take at least
+MIN_RATE = 2 * 1024 * 1024  # bytes/s assumed when sizing the import task's deadline
+UPLOAD_ATTEMPTS = 3
+RETRY_STATUS = {502, 503, 504, 596}
+
+
+@dataclass(frozen=True)
+class UploadPlan:
+    storage: str
+    content: str  # "iso" or "import"
+    filename: str
+    volid: str
+
+
+def upload_name(label: str, sha256: str, suffix: str) -> str:
+    """``<label>-<sha256[:16]><suffix>`` with the label reduced to what PVE keeps ([A-Za-z0-9_.-])."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-.") or "imgbuild"
+    if safe.endswith(suffix):
+        safe = safe[: -len(suffix)]
+    return f"{safe[:80]}-{sha256[:16]}{suffix}"
+
+
+def qcow2_virtual_size(path: Path) -> int | None:
+    with open(path, "rb") as fh:
+        head = fh.read(32)
+    if len(head) < 32 or head[:4] != b"QFI\xfb":
+        return None
+    return int(struct.unpack(">Q", head[24:32])[0])
+
+
+def cached_sha256(path: Path) -> str:
+    """sha256 of *path*, remembered by (path, size, mtime, inode): a multi-GiB image is hashed once."""
+    st = path.stat()
+    key = f"{path}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+    index_file = cache_dir("pve") / "sha256-index.json"
+    try:
+        index = json.loads(index_file.read_text())
+    except (OSError, ValueError):
+        index = {}
+    if key in index:
+        return str(index[key])
+    digest = sha256_file(path)
+    index = {k: v for k, v in index.items() if not k.startswith(f"{path}:")}
+    index[key] = digest
+    write_atomic(index_file, json.dumps(index, indent=0, sort_keys=True) + "\n")
+    return digest
+
+
+def reported_size(path: Path, content: str) -> int:
+    """The size PVE lists for the file once uploaded: qcow2 images by virtual size, others by bytes."""
+    if content == "import" and path.suffix == ".qcow2":
+        size = qcow2_virtual_size(path)
+        if size is None:
+            raise ImgbuildError(f"{path} is not a qcow2 image")
+        return size
+    return path.stat().st_size
+
+
+class Uploader:
+    def __init__(self, client: PveClient, node: str, *, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.client = client
+        self.node = node
+        self._sleep = sleep
+
+    # --- what is there -------------------------------------------------------------------------
+    def storage_content_types(self, storage: str) -> set[str]:
+        entries = self.client.get(f"/nodes/{self.node}/storage", storage=storage) or []
+        for entry in entries:
+            if entry.get("storage") == storage:
+                return {c for c in str(entry.get("content", "")).split(",") if c}
+        raise ImgbuildError(f"storage {storage!r} does not exist on node {self.node} (or is not enabled there)",
+                            detail="check iso_storage / disk_storage / import_storage of the target")
+
+    def listing(self, storage: str, content: str) -> list[dict[str, Any]]:
+        return list(self.client.get(f"/nodes/{self.node}/storage/{storage}/content", content=content) or [])
+
+    def find_existing(self, storage: str, content: str, sha256: str, suffix: str,
+                      size: int) -> tuple[str | None, list[str]]:
+        """(volid of a trusted copy, volids of same-hash files whose size is wrong)."""
+        tail = f"-{sha256[:16]}{suffix}"
+        good, bad = None, []
+        for entry in self.listing(storage, content):
+            volid = str(entry.get("volid", ""))
+            if not volid.endswith(tail):
+                continue
+            if int(entry.get("size") or -1) == size and good is None:
+                good = volid
+            elif int(entry.get("size") or -1) != size:
+                bad.append(volid)
+        return good, bad
+
+    def delete(self, volid: str, *, what: str) -> None:
+        self.client.run("DELETE", volume_path(self.node, volid), what=what, wait=120)
+
+    # --- upload --------------------------------------------------------------------------------
+    def upload(self, path: Path, *, storage: str, content: str, filename: str, sha256: str, label: str,
+               progress: Progress = NullProgress()) -> str:
+        """Upload *path* as *filename*; return the new volid once PVE's import task verified it."""
+        size = path.stat().st_size
+        transfer_timeout = max(MIN_TRANSFER_TIMEOUT, size / MIN_RATE)
+        last: ImgbuildError | None = None
+        for attempt in range(1, UPLOAD_ATTEMPTS + 1):
+            try:
+                upid = self._post(path, storage=storage, content=content, filename=filename, sha256=sha256,
+                                  label=label, size=size, timeout=transfer_timeout, progress=progress)
+            except _Retryable as exc:
+                last = exc.error
+                if attempt == UPLOAD_ATTEMPTS:
+                    break
+                delay = float(attempt)
+                progress.note(f"upload of {filename} interrupted ({exc.error.message}); retrying in {delay:.0f}s "
+                              f"(attempt {attempt + 1} of {UPLOAD_ATTEMPTS})")
+                self._sleep(delay)
+                continue
+            self.client.wait_task(upid, timeout=transfer_timeout, what=f"import of {filename} into {storage}")
+            return f"{storage}:{content}/{filename}"
+        assert last is not None
+        raise ImgbuildError(f"upload of {filename} to {storage} failed after {UPLOAD_ATTEMPTS} attempts: {last.message}",
+                            detail=last.detail)
+
+    def _post(self, path: Path, *, storage: str, content: str, filename: str, sha256: str, label: str, size: int,
+              timeout: float, progress: Progress) -> str:
+        api_path = f"/nodes/{self.node}/storage/{storage}/upload"
+        session = self.client.transfer_session(write_timeout=timeout)
+        try:
+            with open(path, "rb") as fh:
+                encoder = MultipartEncoder(fields=[
+                    ("content", content),
+                    ("checksum-algorithm", "sha256"),
+                    ("checksum", sha256),
+                    ("filename", (filename, fh, "application/octet-stream")),
+                ])
+                progress.transfer(label, 0, size)
+                overhead = encoder.len - size
+
+                def report(monitor: MultipartEncoderMonitor) -> None:
+                    progress.transfer(label, min(size, max(0, monitor.bytes_read - overhead)), size)
+
+                body = MultipartEncoderMonitor(encoder, report)
+                try:
+                    resp = session.post(self.client.url(api_path), data=body,
+                                        headers={"Content-Type": body.content_type},
+                                        timeout=(CONNECT_TIMEOUT, timeout), verify=self.client.tls.verify)
+                except requests.exceptions.SSLError as exc:
+                    raise self.client.transport_error("POST", api_path, exc) from None
+                except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
+                        requests.exceptions.Timeout) as exc:
+                    raise _Retryable(self.client.transport_error("POST", api_path, exc)) from None
+        finally:
+            session.close()
+        data, errors = read_json_response(resp)
+        if resp.status_code != 200:
+            error = self.client.http_error("POST", api_path, resp.status_code, resp.reason or "", errors)
+            if resp.status_code in RETRY_STATUS:
+                raise _Retryable(error)
+            raise error
+        if not isinstance(data, str) or not data.startswith("UPID:"):
+            raise PveError(f"Proxmox VE accepted the upload of {filename} but returned no task id")
+        return data
+
+
+class _Retryable(Exception):
+    def __init__(self, error: ImgbuildError) -> None:
+        super().__init__(error.message)
+        self.error = error
