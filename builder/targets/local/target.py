@@ -153,7 +153,7 @@ class LocalTarget(Target):
             "bios": spec.bios,
             "disks": disks,
             "cdroms": [c.ref if c else None for c in spec.cdroms],
-            "macs": [n.mac for n in spec.nics],
+            "macs": [n.mac or derive_mac(spec.name, i) for i, n in enumerate(spec.nics)],
             "nic_models": [n.model for n in spec.nics],
             "slirp": asdict(slirp),
             "guest_ports": list(spec.guest_ports),
@@ -507,7 +507,7 @@ class LocalTarget(Target):
             accel=state["accel"],
             cores=state["cores"],
             memory_mib=state["memory_mib"],
-            cpu=state["cpu"],
+            cpu=_cpu_for(state["cpu"], state["accel"]),
             display=state["display"],
             bios=state["bios"],
             disks=tuple(DiskState(**d) for d in state["disks"]),
@@ -545,6 +545,11 @@ class LocalTarget(Target):
                     detail="put the output directory (and the image cache) on a disk filesystem, "
                     "or ask for another disk cache mode",
                 )
+
+
+def _cpu_for(cpu: str, accel: str | None) -> str:
+    """'host' means nothing to TCG (QEMU refuses it): emulate the richest CPU instead."""
+    return "max" if cpu == "host" and accel != "kvm" else cpu
 
 
 def _socket_dir(vmdir: Path) -> Path:
