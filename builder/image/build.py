@@ -166,10 +166,28 @@ def _lock(path: Path) -> Iterator[None]:
 
 
 def _remove_stale_builds(final: Path) -> None:
-    """Work directories a crashed build of this image left behind (we hold its lock, so none is live)."""
-    for stale in final.parent.glob(f".build-{final.stem}-*"):
-        log.info("removing stale build directory %s", stale)
-        remove_tree(stale)
+    """Work directories that crashed builds left behind. Ours: we hold its lock, so none is live.
+    Other images': only when their lock is free (no build of that image is running)."""
+    for stale in final.parent.glob(".build-*"):
+        stem = stale.name.removeprefix(".build-").rsplit("-", 1)[0]
+        if stem == final.stem:
+            log.info("removing stale build directory %s", stale)
+            remove_tree(stale)
+            continue
+        lock = final.parent / f".{stem}.lock"
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # that image is being built right now
+        else:
+            try:
+                log.info("removing stale build directory %s", stale)
+                remove_tree(stale)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
 
 def _mounts_under(path: Path) -> list[str]:
