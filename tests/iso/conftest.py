@@ -103,3 +103,29 @@ def recipe_network(rendered: Path) -> RecipeNetwork:
         hostname=_preseed_value(text, "netcfg/get_hostname"),
         mirror_host=_preseed_value(text, "mirror/http/hostname"),
     )
+
+
+def _debian_like(tmp_path_factory: pytest.TempPathFactory, netboot: NetbootFiles, archive: Archive, pad: int) -> Path:
+    from tests.iso.debian_like import build_debian_like_iso
+
+    need_tool("xorriso", "xorriso")
+    need_tool("grub-mkimage", "grub-common grub-efi-amd64-bin")
+    work = tmp_path_factory.mktemp("debian-like")
+    return build_debian_like_iso(work / "debian-13-amd64-netinst.iso", netboot, archive, pad_bytes=pad, work=work)
+
+
+@pytest.fixture(scope="session")
+def debian_like_small(tmp_path_factory: pytest.TempPathFactory, netboot: NetbootFiles, archive: Archive) -> Path:
+    """An ISO laid out like Debian's netinst (no padding): quick remaster checks."""
+    return _debian_like(tmp_path_factory, netboot, archive, 0)
+
+
+BIG_PAD = 600 * 1024 * 1024
+
+
+@pytest.fixture(scope="session")
+def debian_like_big(tmp_path_factory: pytest.TempPathFactory, netboot: NetbootFiles, archive: Archive) -> Path:
+    """The same layout padded past 600 MB: memory bound and boot of the remaster."""
+    iso = _debian_like(tmp_path_factory, netboot, archive, BIG_PAD)
+    assert iso.stat().st_size >= 600 * 1000 * 1000
+    return iso

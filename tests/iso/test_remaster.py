@@ -1,0 +1,145 @@
+"""Remastering an ISO laid out like Debian's netinst: what changes, what stays, memory bound.
+(Booting the remaster: test_boot.py.)"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from builder.errors import ImgbuildError, InvalidInput
+from builder.iso.remaster import remaster_iso, update_md5sums
+from tests.iso.conftest import REPO, isoinfo, isoinfo_bytes, xorriso_report
+from tests.iso.debian_like import GRUB_CFG, ISOLINUX_CFG
+from tests.iso.test_cpio import read_newc_stream
+
+PRESEED = b"d-i netcfg/get_hostname string remastered\n"
+ARGS = ("log_host=10.0.2.2", "log_port=5140")
+MEMORY_LIMIT = 200 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def remastered(debian_like_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    dest = tmp_path_factory.mktemp("remaster") / "installer.iso"
+    info = remaster_iso(debian_like_small, PRESEED, dest, kernel_args=ARGS)
+    assert info.source == "remaster:debian-13-amd64-netinst.iso"
+    return dest
+
+
+def _boot_report(report: str) -> dict[str, str]:
+    return {
+        m.group(1): m.group(2)
+        for m in re.finditer(r"^El Torito img path :\s+(\d+)\s+(\S+)", report, re.M)
+    }
+
+
+def test_boot_records_kept(remastered: Path, debian_like_small: Path) -> None:
+    before, after = xorriso_report(debian_like_small), xorriso_report(remastered)
+    assert _boot_report(after) == _boot_report(before) == {"1": "/isolinux/isolinux.bin", "2": "/boot/grub/efi.img"}
+    assert "El Torito boot img :   1  BIOS" in after and "UEFI" in after
+    # isohybrid MBR + GPT still there, and consistent (pycdlib's stale CRCs repaired)
+    assert "MBR isohybrid" in after and "GPT" in after
+    for bad in ("CRC wrong", "problems", "Implausible"):
+        assert bad not in after, after
+    assert "GPT partition path :   2  /boot/grub/efi.img" in after
+
+
+def test_menus_switched_and_originals_kept(remastered: Path) -> None:
+    isolinux = isoinfo_bytes(remastered, "/isolinux/isolinux.cfg").decode()
+    assert "default entry0" in isolinux and "timeout 30" in isolinux and "ui vesamenu.c32" in isolinux
+    assert "initrd=/install.amd/initrd.gz,/install.amd/preseed.gz priority=critical log_host=10.0.2.2" in isolinux
+    assert "config /isolinux/orig.cfg" in isolinux
+    assert isoinfo_bytes(remastered, "/isolinux/orig.cfg").decode() == ISOLINUX_CFG
+    grub = isoinfo_bytes(remastered, "/boot/grub/grub.cfg").decode()
+    assert "set timeout=3" in grub and "initrd /install.amd/initrd.gz /install.amd/preseed.gz" in grub
+    assert "configfile /boot/grub/orig.cfg" in grub
+    assert isoinfo_bytes(remastered, "/boot/grub/orig.cfg").decode() == GRUB_CFG
+    assert "auto=true" not in isolinux + grub
+
+
+def test_preseed_initrd(remastered: Path) -> None:
+    archive = isoinfo_bytes(remastered, "/install.amd/preseed.gz")
+    assert read_newc_stream(gzip.decompress(archive)) == [("preseed.cfg", 0o100644, PRESEED)]
+
+
+def test_md5sums_match_the_files(remastered: Path, debian_like_small: Path) -> None:
+    sums = isoinfo_bytes(remastered, "/md5sum.txt").decode().splitlines()
+    listed = {}
+    for line in sums:
+        digest, name = line.split("  ", 1)
+        listed[name[1:]] = digest
+    for path in ("/install.amd/preseed.gz", "/isolinux/isolinux.cfg", "/isolinux/orig.cfg", "/boot/grub/grub.cfg", "/boot/grub/orig.cfg"):
+        assert path in listed, path
+    for path, digest in listed.items():
+        assert hashlib.md5(isoinfo_bytes(remastered, path)).hexdigest() == digest, path
+    # untouched files keep their lines, in the original order
+    original = isoinfo_bytes(debian_like_small, "/md5sum.txt").decode().splitlines()
+    kept = [line for line in original if not line.endswith(("isolinux.cfg", "/grub/grub.cfg"))]
+    assert [line for line in sums if line in kept] == kept
+
+
+def test_everything_else_is_unchanged(remastered: Path, debian_like_small: Path) -> None:
+    for path in ("/install.amd/vmlinuz", "/install.amd/initrd.gz", "/boot/grub/efi.img", "/isolinux/txt.cfg", "/.disk/info"):
+        assert isoinfo_bytes(remastered, path) == isoinfo_bytes(debian_like_small, path), path
+    assert "Volume id: Debian 13 amd64 n" in isoinfo("-d", "-i", str(remastered))
+
+
+def test_remaster_of_a_remaster_keeps_the_first_originals(remastered: Path, tmp_path: Path) -> None:
+    twice = remaster_iso(remastered, b"d-i x string 2\n", tmp_path / "twice.iso").path
+    assert isoinfo_bytes(twice, "/isolinux/orig.cfg").decode() == ISOLINUX_CFG
+    assert "log_host" not in isoinfo_bytes(twice, "/isolinux/isolinux.cfg").decode()
+
+
+def test_deterministic(debian_like_small: Path, remastered: Path, tmp_path: Path) -> None:
+    again = remaster_iso(debian_like_small, PRESEED, tmp_path / "again.iso", kernel_args=ARGS)
+    assert again.path.read_bytes() == remastered.read_bytes()
+
+
+def test_refusals(tmp_path: Path, debian_like_small: Path) -> None:
+    with pytest.raises(InvalidInput, match="not found"):
+        remaster_iso(tmp_path / "nope.iso", PRESEED, tmp_path / "out.iso")
+    with pytest.raises(InvalidInput, match="overwrite"):
+        remaster_iso(debian_like_small, PRESEED, debian_like_small)
+    junk = tmp_path / "junk.iso"
+    junk.write_bytes(b"\0" * 100_000)
+    with pytest.raises(ImgbuildError, match="not a readable ISO"):
+        remaster_iso(junk, PRESEED, tmp_path / "out.iso")
+    from builder.iso.seed import build_seed_iso
+
+    seed = build_seed_iso({"user-data": b"x", "meta-data": b"y"}, tmp_path / "seed.iso", epoch=1_700_000_000)
+    with pytest.raises(ImgbuildError, match="not an amd64 Debian installer ISO"):
+        remaster_iso(seed, PRESEED, tmp_path / "out.iso")
+    assert not (tmp_path / "out.iso").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+
+
+def test_update_md5sums_pure() -> None:
+    text = "aaa  ./a\nbbb  ./b\n"
+    out = update_md5sums(text, {"/b": b"new", "/c": b""})
+    assert out.splitlines() == ["aaa  ./a", f"{hashlib.md5(b'new').hexdigest()}  ./b", f"{hashlib.md5(b'').hexdigest()}  ./c"]
+
+
+@pytest.mark.boot
+def test_memory_stays_bounded_for_a_600mb_iso(debian_like_big: Path, tmp_path: Path) -> None:
+    """Remaster in a child process and read its peak RSS from the kernel (wait4's rusage)."""
+    dest = tmp_path / "big-installer.iso"
+    code = (
+        "import sys\nfrom pathlib import Path\nfrom builder.iso.remaster import remaster_iso\n"
+        "remaster_iso(Path(sys.argv[1]), b'd-i x string y\\n', Path(sys.argv[2]), kernel_args=['log_port=5140'])\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(debian_like_big), str(dest)], cwd=REPO)
+    _pid, status, rusage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0
+    peak = rusage.ru_maxrss * 1024
+    print(f"remaster of {debian_like_big.stat().st_size / 1e6:.0f} MB: peak RSS {peak / 2**20:.1f} MiB")
+    assert peak < MEMORY_LIMIT
+    assert dest.stat().st_size >= debian_like_big.stat().st_size
+    listing = isoinfo("-R", "-l", "-i", str(dest))
+    assert re.search(r"\s629145600 .*padding\.bin", listing)
