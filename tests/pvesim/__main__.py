@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.backend == "qemu":
         from tests.pvesim.qemu_backend import QemuBackend
 
-        backend = QemuBackend((args.data_dir or Path("/tmp")) / "qemu-vms")
+        backend = QemuBackend()  # its own short temporary directory: unix socket paths stay short
     try:
         sim = PveSimulator(token=args.token, node=args.node, host=args.host, port=args.port, data_dir=args.data_dir,
                            backend=backend, task_duration=args.task_duration, auth_delay=args.auth_delay)
