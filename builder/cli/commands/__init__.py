@@ -2,13 +2,15 @@
 
 from builder.cli.commands import (
     build_cmd,
+    clone_cmd,
     destroy_cmd,
     list_cmd,
     make_cmd,
     render_cmd,
     show_cmd,
+    template_cmd,
     validate_cmd,
     verify_cmd,
 )
 
-ALL = [list_cmd, show_cmd, validate_cmd, render_cmd, build_cmd, make_cmd, verify_cmd, destroy_cmd]
+ALL = [list_cmd, show_cmd, validate_cmd, render_cmd, build_cmd, make_cmd, verify_cmd, destroy_cmd, template_cmd, clone_cmd]

@@ -43,11 +43,12 @@ class PveError(ImgbuildError):
     """A failed API call. *status*: HTTP status (0: no answer); *reason*: PVE's message; *errors*: per field."""
 
     def __init__(self, message: str, *, status: int = 0, reason: str = "", errors: Mapping[str, str] | None = None,
-                 detail: str = "") -> None:
+                 detail: str = "", transient: bool = False) -> None:
         super().__init__(message, detail=detail)
         self.status = status
         self.reason = reason
         self.errors = dict(errors or {})
+        self.transient = transient  # worth retrying (5xx, dropped connection); never for TLS or auth
 
 
 class PveAuthError(PveError):
@@ -129,8 +130,7 @@ class PveClient:
             try:
                 return self._call("GET", path, params)
             except PveError as exc:
-                transient = exc.status == 0 or (exc.status >= 500 and exc.status != 501)
-                if isinstance(exc, PveAuthError) or not transient or attempt == attempts - 1:
+                if not exc.transient or attempt == attempts - 1:
                     raise
                 delay = GET_BACKOFF[min(attempt, len(GET_BACKOFF) - 1)]
                 log.debug("GET %s: %s; retrying in %.1fs", path, exc.message, delay)
@@ -182,7 +182,8 @@ class PveClient:
             return PveError(f"Proxmox VE refused {method} {shown}: {reason or 'bad request'}", status=400,
                             reason=reason, errors=errors, detail=_errors_text(errors))
         return PveError(f"Proxmox VE: {method} {shown} failed: {reason or 'HTTP ' + str(status)} (HTTP {status})",
-                        status=status, reason=reason, errors=errors, detail=_errors_text(errors))
+                        status=status, reason=reason, errors=errors, detail=_errors_text(errors),
+                        transient=status >= 500 and status != 501)
 
     def transport_error(self, method: str, path: str, exc: requests.exceptions.RequestException) -> PveError:
         url = self.config.url
@@ -197,9 +198,9 @@ class PveClient:
                                                  "certificate (fingerprint / PROXMOX_FINGERPRINT)")
         if isinstance(exc, requests.exceptions.Timeout):
             return PveError(f"Proxmox VE at {url} did not answer {method} {_shown_path(path)} in time",
-                            detail=_clip(str(exc)))
+                            detail=_clip(str(exc)), transient=True)
         return PveError(f"cannot reach Proxmox VE at {url}: {method} {_shown_path(path)} failed",
-                        detail=_clip(str(exc)))
+                        detail=_clip(str(exc)), transient=True)
 
     # --- tasks -------------------------------------------------------------------------------------
     def run(self, method: str, path: str, *, what: str, wait: float, **params: Any) -> TaskResult | None:

@@ -20,7 +20,7 @@ from typing import Any
 from builder.errors import ImgbuildError, InvalidInput
 from builder.progress import NullProgress, Progress
 from builder.recipe.model import derived_mac
-from builder.targets.base import VM, ArtifactKind, Endpoint, Staged, Target, VMSpec
+from builder.targets.base import VM, ArtifactKind, Endpoint, GuestNetwork, Staged, Target, VMSpec
 from builder.targets.local.agent import usable_addresses
 from builder.targets.pve import vmconfig
 from builder.targets.pve.client import PveClient, PveError, volume_path
@@ -49,6 +49,10 @@ class PveTarget(Target):
     @property
     def task_timeout(self) -> float:
         return self.config.task_timeout
+
+    def _wait(self, usual: float) -> float:
+        """How long to wait for a quick task: its usual bound, or less when the target sets a shorter one."""
+        return min(usual, self.task_timeout)
 
     def check_connection(self) -> dict[str, Any]:
         """The node's version; fails early with a clear error on a bad URL, certificate or token."""
@@ -119,7 +123,8 @@ class PveTarget(Target):
         listed = self.client.get(f"/nodes/{self.node}/storage/{storage}/content", content=content) or []
         if not any(e.get("volid") == volid for e in listed):
             return
-        self.client.run("DELETE", volume_path(self.node, volid), what=f"removal of {volid}", wait=CONFIG_TIMEOUT)
+        self.client.run("DELETE", volume_path(self.node, volid), what=f"removal of {volid}",
+                        wait=self._wait(CONFIG_TIMEOUT))
 
     # --- lifecycle -------------------------------------------------------------------------------
     def _vm(self, name: str, vmid: int, **data: Any) -> VM:
@@ -186,7 +191,7 @@ class PveTarget(Target):
             current = vmconfig.drive_size_bytes(str(config[key])) or 0
             if disk.size_bytes > current:
                 self.client.run("PUT", f"{self._qemu(vm)}/resize", what=f"resize of {key} of VM {vm.ident}",
-                                wait=CONFIG_TIMEOUT, disk=key, size=str(disk.size_bytes))
+                                wait=self._wait(CONFIG_TIMEOUT), disk=key, size=str(disk.size_bytes))
 
     def find_vm(self, name: str) -> VM | None:
         found = [e for e in self.client.get("/cluster/resources", type="vm") or []
@@ -219,7 +224,7 @@ class PveTarget(Target):
         if self.is_running(vm):
             return
         self.client.run("POST", f"{self._qemu(vm)}/status/start", what=f"start of VM {vm.ident} ({vm.name})",
-                        wait=START_TIMEOUT)
+                        wait=self._wait(START_TIMEOUT))
 
     def is_running(self, vm: VM) -> bool:
         return self.status(vm).get("status") == "running"
@@ -250,7 +255,8 @@ class PveTarget(Target):
     def stop(self, vm: VM) -> None:
         if not self.is_running(vm):
             return
-        self.client.run("POST", f"{self._qemu(vm)}/status/stop", what=f"stop of VM {vm.ident}", wait=STOP_TIMEOUT)
+        self.client.run("POST", f"{self._qemu(vm)}/status/stop", what=f"stop of VM {vm.ident}",
+                        wait=self._wait(STOP_TIMEOUT))
 
     def destroy(self, vm: VM) -> None:
         vmid = self._vmid(vm)
@@ -259,7 +265,8 @@ class PveTarget(Target):
             return
         self._ours(vm)
         if listed[vmid].get("status") == "running":
-            self.client.run("POST", f"{self._qemu(vm)}/status/stop", what=f"stop of VM {vmid}", wait=STOP_TIMEOUT)
+            self.client.run("POST", f"{self._qemu(vm)}/status/stop", what=f"stop of VM {vmid}",
+                            wait=self._wait(STOP_TIMEOUT))
         self.client.run("DELETE", self._qemu(vm), what=f"removal of VM {vmid} ({vm.name})",
                         wait=self.task_timeout, purge=True, **{"destroy-unreferenced-disks": True})
 
@@ -274,7 +281,7 @@ class PveTarget(Target):
             if (staged is None and file in ("none", "cdrom")) or (staged is not None and file == staged.ref):
                 return
         self.client.run("POST", f"{self._qemu(vm)}/config", what=f"CD-ROM change on VM {vm.ident}",
-                        wait=CONFIG_TIMEOUT, **{key: want})
+                        wait=self._wait(CONFIG_TIMEOUT), **{key: want})
 
     def set_boot(self, vm: VM, order: tuple[str, ...]) -> None:
         config = self.client.get(f"{self._qemu(vm)}/config") or {}
@@ -286,7 +293,7 @@ class PveTarget(Target):
         cd_order = [k for k in vmconfig.CDROM_KEYS if k in cdroms]
         value = vmconfig.boot_value(tuple(order), disks, cd_order)
         self.client.run("POST", f"{self._qemu(vm)}/config", what=f"boot order of VM {vm.ident}",
-                        wait=CONFIG_TIMEOUT, boot=value)
+                        wait=self._wait(CONFIG_TIMEOUT), boot=value)
 
     # --- guest -----------------------------------------------------------------------------------
     def guest_addresses(self, vm: VM, timeout: float) -> list[str]:
@@ -341,6 +348,18 @@ class PveTarget(Target):
         """The MAC address a clone called *name* gets (known before cloning, so its seed can match it)."""
         return derived_mac(name)
 
+    def record_guest_network(self, vm: VM, network: GuestNetwork) -> None:
+        """Record the guest's static address in the VM config (``ipconfig0``), e.g. a clone's new one."""
+        config = self.client.get(f"{self._qemu(vm)}/config") or {}
+        if network.mode == "static" and network.address:
+            value = vmconfig.ipconfig_value(network.address, network.gateway)
+            if config.get("ipconfig0") != value:
+                self.client.run("POST", f"{self._qemu(vm)}/config", what=f"address of VM {vm.ident}",
+                                wait=self._wait(CONFIG_TIMEOUT), ipconfig0=value)
+        elif "ipconfig0" in config:
+            self.client.run("POST", f"{self._qemu(vm)}/config", what=f"address of VM {vm.ident}",
+                            wait=self._wait(CONFIG_TIMEOUT), delete="ipconfig0")
+
     def clone(self, vm: VM, name: str, *, full: bool = True, seed: Staged | None = None) -> VM:
         vmconfig.check_name(name)
         if self.find_vm(name) is not None:
@@ -368,7 +387,7 @@ class PveTarget(Target):
                 changes["net0"] = vmconfig.with_mac(str(new_config["net0"]), self.clone_mac(name))
             changes[vmconfig.cdrom_key(0)] = vmconfig.cdrom_value(seed)
             self.client.run("POST", f"{self._qemu(newid)}/config", what=f"configuration of clone {newid} ({name})",
-                            wait=CONFIG_TIMEOUT, **changes)
+                            wait=self._wait(CONFIG_TIMEOUT), **changes)
         except ImgbuildError:
             self.destroy(clone)
             raise

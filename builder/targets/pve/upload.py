@@ -66,9 +66,14 @@ def qcow2_virtual_size(path: Path) -> int | None:
     return int(struct.unpack(">Q", head[24:32])[0])
 
 
+CACHE_HASH_ABOVE = 64 << 20
+
+
 def cached_sha256(path: Path) -> str:
     """sha256 of *path*, remembered by (path, size, mtime, inode): a multi-GiB image is hashed once."""
     st = path.stat()
+    if st.st_size < CACHE_HASH_ABOVE:
+        return sha256_file(path)
     key = f"{path}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
     index_file = cache_dir("pve") / "sha256-index.json"
     try:

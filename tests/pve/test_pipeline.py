@@ -1,0 +1,213 @@
+"""`make`, `template` and `clone` on the PVE target against the simulator (FakeBackend: nothing boots).
+
+The golden image is a small blank qcow2 and the guest checks are stubbed (no guest runs here): what is
+tested is everything imgbuild asks of PVE, including every fault the simulator can inject, the promise
+that a failure leaves no VM and no seed ISO behind, and that the token secret never shows. The real
+end-to-end path (a booted guest, SSH and HTTP through a jump host) is test_boot.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from builder.cli.main import main
+from builder.errors import ImgbuildError
+from builder.image.build import GoldenImage
+from builder.pipeline import make as make_module
+from builder.pipeline.make import MakeOptions, make
+from builder.recipe import load_recipe
+from builder.recipe.model import Recipe, derived_mac
+from builder.targets.pve.target import PveTarget
+from builder.verify.checks import Outcome
+from tests.pve.conftest import REPO, no_orphans, uploads_in, write_targets_file
+from tests.pvesim.simulator import PveSimulator
+
+SEEDS = r"-seed-[0-9a-f]{16}\.iso$"
+
+
+@pytest.fixture
+def web_server() -> Recipe:
+    return load_recipe("web-server", REPO / "recipes")
+
+
+@pytest.fixture
+def stubbed(monkeypatch: pytest.MonkeyPatch, small_qcow2: Path) -> list[str]:
+    """A small golden image instead of a real one; checks that pass without a guest. Returns the checked VMs."""
+    checked: list[str] = []
+
+    def golden(spec, progress=None):  # type: ignore[no-untyped-def]
+        return GoldenImage(small_qcow2, "test-key", cached=True)
+
+    def fake_verify(recipe, known_hosts, admin_key, target, vm, address, out_dir, progress):  # type: ignore[no-untyped-def]
+        assert known_hosts.exists()
+        checked.append(f"{vm.name}@{address}")
+        return [Outcome("ssh", True, "login", f"stub: {address}")]
+
+    monkeypatch.setattr("builder.image.build.build_golden_image", golden)
+    monkeypatch.setattr(make_module, "verify", fake_verify)
+    monkeypatch.setattr("builder.cli.commands.clone_cmd.verify", fake_verify)
+    monkeypatch.setattr(make_module, "ADDRESS_TIMEOUT", 3.0)
+    return checked
+
+
+def image_volume(volid: str) -> bool:
+    return volid.startswith("local:import/")
+
+
+def test_make_uploads_creates_verifies_and_forgets_the_seed(target: PveTarget, pve_sim: PveSimulator,
+                                                           web_server: Recipe, stubbed: list[str],
+                                                           tmp_path: Path) -> None:
+    report = make(web_server, tmp_path / "out", target, MakeOptions())
+    assert report.ok and stubbed == ["web-server@192.168.1.250"]
+    (vmid,) = pve_sim.vm_ids()
+    cfg = pve_sim.vm_config(vmid)
+    assert cfg["ide2"].startswith("none,media=cdrom")  # the seed was detached ...
+    assert pve_sim.volume_ids("iso") == []  # ... and deleted
+    assert not target.is_running(target.find_vm("web-server"))  # type: ignore[arg-type]
+    assert cfg["net0"] == f"virtio={derived_mac('web-server')},bridge=vmbr0,firewall=0"
+    assert report.vm["state"] == "shut down" and report.target == "sim"
+    first = [r.params["filename"] for r in uploads_in(pve_sim)]
+    assert len(first) == 2 and first[0].endswith(".qcow2")
+
+    # A second make of the unchanged recipe: the golden image is already there. Only the seed goes up
+    # again: it holds the guest's private host key, so the first run deleted it after verification.
+    again = make(web_server, tmp_path / "out", target, MakeOptions())
+    assert again.ok
+    second = [r.params["filename"] for r in uploads_in(pve_sim)][len(first):]
+    assert second == [first[1]]  # byte-identical seed, same content-addressed name; no image upload
+    assert again.cache["staged"]["image"]["uploaded"] is False
+    assert len(pve_sim.vm_ids()) == 1  # the earlier VM was replaced
+
+
+FAULTS = {
+    "create-503": (lambda sim: sim.faults.http_error("POST", r"/qemu$", status=503, message="cluster not ready"),
+                   "POST /nodes/pve/qemu failed: cluster not ready"),
+    "create-task-fails": (lambda sim: sim.faults.fail_task("qmcreate", message="unable to create image: no space",
+                                                          log=("lvcreate failed",)),
+                          "failed on Proxmox VE: unable to create image: no space"),
+    "create-task-hangs": (lambda sim: sim.faults.hang_task("qmcreate"), r"did not finish within 2s \(task UPID:pve:"),
+    "start-task-fails": (lambda sim: sim.faults.fail_task("qmstart", message="start failed: QEMU exited with code 1"),
+                         "start of VM 100 .*failed on Proxmox VE: start failed"),
+    "start-task-hangs": (lambda sim: sim.faults.hang_task("qmstart"), r"start of VM 100 .*did not finish within 2s"),
+    "agent-not-running": (lambda sim: sim.faults.agent_not_running(count=None),
+                          "no address from the guest agent .*QEMU guest agent is not running"),
+    "upload-403": (lambda sim: sim.faults.http_error("POST", r"/upload$", status=403, message="Permission check failed"),
+                   "denied POST /nodes/pve/storage/local/upload"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_faults_end_in_a_clear_error_and_no_orphans(fault: str, sim_env: PveSimulator, web_server: Recipe,
+                                                    stubbed: list[str], tmp_path: Path) -> None:
+    write_targets_file(Path(__import__("os").environ["IMGBUILD_TARGETS"]), sim_env, task_timeout=2)
+    from builder.targets.pve.connect import open_pve_target
+
+    target = open_pve_target("sim", tmp_path)
+    plant, expect = FAULTS[fault]
+    rule = plant(sim_env)
+    with pytest.raises(ImgbuildError, match=expect):
+        make(web_server, tmp_path / "out", target, MakeOptions())
+    assert rule.hits >= 1
+    no_orphans(sim_env, keep=image_volume)
+    report = json.loads((tmp_path / "out" / "web-server" / "report.json").read_text())
+    assert report["ok"] is False and report["error"]
+
+
+@pytest.mark.parametrize("fault", ["drop-upload", "get-503", "agent-late"])
+def test_transient_faults_are_retried(fault: str, target: PveTarget, pve_sim: PveSimulator, web_server: Recipe,
+                                      stubbed: list[str], tmp_path: Path) -> None:
+    if fault == "drop-upload":
+        rule = pve_sim.faults.drop_upload(after_bytes=4096, path=r"/upload$")
+    elif fault == "get-503":
+        rule = pve_sim.faults.http_error("GET", r"/status/current$", status=503, message="busy", count=2)
+    else:
+        rule = pve_sim.faults.agent_not_running(count=1)
+    target._sleep = lambda s: None  # type: ignore[method-assign]
+    assert make(web_server, tmp_path / "out", target, MakeOptions()).ok
+    assert rule.hits >= 1
+
+
+def test_keep_on_failure_keeps_vm_and_seed(target: PveTarget, pve_sim: PveSimulator, web_server: Recipe,
+                                           stubbed: list[str], tmp_path: Path) -> None:
+    pve_sim.faults.fail_task("qmstart", message="start failed")
+    with pytest.raises(ImgbuildError):
+        make(web_server, tmp_path / "out", target, MakeOptions(keep_on_failure=True))
+    assert len(pve_sim.vm_ids()) == 1 and any(v.endswith(".iso") for v in pve_sim.volume_ids())
+    target.destroy(target.find_vm("web-server"))  # type: ignore[arg-type]
+
+
+def test_secret_never_shows(target: PveTarget, pve_sim: PveSimulator, web_server: Recipe, stubbed: list[str],
+                            tmp_path: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> None:
+    secret = pve_sim.token.secret
+    caplog.set_level(logging.DEBUG)
+    assert make(web_server, tmp_path / "out", target, MakeOptions()).ok
+    pve_sim.faults.fail_task("qmstart", message="start failed")
+    with pytest.raises(ImgbuildError) as err:
+        make(web_server, tmp_path / "out", target, MakeOptions())
+    out, errout = capfd.readouterr()
+    seen = [out, errout, err.value.message, err.value.detail, repr(target.config), caplog.text]
+    seen += [r.getMessage() for r in caplog.records]
+    seen += [p.read_text(errors="replace") for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert not [s for s in seen if secret in s]
+    assert len(caplog.records) > 10  # debug logging was on (urllib3, proxmoxer, imgbuild)
+
+
+@pytest.fixture
+def cli_out(sim_env: PveSimulator, tmp_path: Path) -> Iterator[Path]:
+    out = tmp_path / "out"
+    yield out
+
+
+def test_template_and_linked_clone_commands(cli_out: Path, sim_env: PveSimulator, stubbed: list[str],
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--recipes-dir", str(REPO / "recipes"), "--out-dir", str(cli_out)]
+    assert main([*base, "make", "web-server", "--target", "sim"]) == 0
+    assert main([*base, "clone", "web-server", "--name", "web-2", "--linked", "--target", "sim"]) == 1
+    assert "a linked clone needs a template" in capsys.readouterr().err
+    assert main([*base, "template", "web-server", "--target", "sim"]) == 0
+    assert "now a template" in capsys.readouterr().out
+    assert main([*base, "clone", "web-server", "--name", "web-2", "--ip", "192.168.1.251/24", "--linked",
+                 "--target", "sim"]) == 0
+    assert "linked clone of web-server verified on sim" in capsys.readouterr().out
+    assert stubbed == ["web-server@192.168.1.250", "web-2@192.168.1.251"]
+    # the clone's own seed: its hostname, MAC, address, host key and instance-id
+    web, web2 = cli_out / "web-server", cli_out / "web-2"
+    assert "web-2" in (web2 / "user-data").read_text()
+    network = (web2 / "network-config").read_text()
+    assert derived_mac("web-2").lower() in network and "192.168.1.251/24" in network
+    assert (web2 / "ssh_host_ed25519_key.pub").read_text() != (web / "ssh_host_ed25519_key.pub").read_text()
+    assert _instance_id(web2) != _instance_id(web)
+    uploads = [r.params["filename"] for r in uploads_in(sim_env)]
+    assert uploads[-1].startswith("web-2-seed-")
+    vms = {v["config"]["name"]: v for v in sim_env.vms()}
+    assert vms["web-server"]["config"]["template"] == "1"
+    clone_cfg = vms["web-2"]["config"]
+    assert clone_cfg["net0"].startswith(f"virtio={derived_mac('web-2')},")
+    assert clone_cfg["ipconfig0"] == "ip=192.168.1.251/24,gw=192.168.1.1"
+    assert clone_cfg["ide2"].startswith("none,media=cdrom") and "base-" in clone_cfg["virtio0"]
+    assert json.loads((web2 / "report.json").read_text())["method"] == "linked clone"
+    # full clone without --ip of a static recipe: a warning, the recipe's address
+    assert main([*base, "clone", "web-server", "--name", "web-3", "--target", "sim"]) == 0
+    assert "no --ip given" in capsys.readouterr().err
+    for name in ("web-3", "web-2", "web-server"):
+        assert main([*base, "destroy", name, "--target", "sim"]) == 0
+    no_orphans(sim_env, keep=image_volume)
+
+
+def test_clone_refuses_ip_for_dhcp_recipes(cli_out: Path, sim_env: PveSimulator,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--recipes-dir", str(REPO / "recipes"), "--out-dir", str(cli_out)]
+    assert main([*base, "clone", "golden-base", "--name", "g2", "--ip", "10.0.0.5/24", "--target", "sim"]) == 2
+    assert "--ip is for recipes with a static address" in capsys.readouterr().err
+
+
+def _instance_id(out_dir: Path) -> str:
+    for line in (out_dir / "meta-data").read_text().splitlines():
+        if line.startswith("instance-id"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError("no instance-id")

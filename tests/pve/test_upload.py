@@ -1,0 +1,108 @@
+"""Staging artifacts on PVE storages: content-addressed names, checksums PVE verifies, retries, no half files."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from builder.errors import ImgbuildError
+from builder.progress import NullProgress
+from builder.targets.pve.connect import target_from_config
+from tests.pve.conftest import uploads_in
+from tests.pve.test_client import config_for
+from tests.pvesim.simulator import PveSimulator
+
+
+class Recorder(NullProgress):
+    def __init__(self) -> None:
+        self.transfers: list[tuple[str, int, int | None]] = []
+        self.notes: list[str] = []
+
+    def transfer(self, label: str, done: int, total: int | None) -> None:
+        self.transfers.append((label, done, total))
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
+def test_iso_upload_is_content_addressed_and_verified(target, pve_sim: PveSimulator, small_iso: Path) -> None:  # type: ignore[no-untyped-def]
+    digest = hashlib.sha256(small_iso.read_bytes()).hexdigest()
+    progress = Recorder()
+    staged = target.stage(small_iso, "iso", label="web-server-seed", progress=progress)
+    assert staged.ref == f"local:iso/web-server-seed-{digest[:16]}.iso"
+    assert staged.uploaded and staged.sha256 == digest and staged.size == small_iso.stat().st_size
+    assert pve_sim.volume_path(staged.ref).read_bytes() == small_iso.read_bytes()
+    (upload,) = uploads_in(pve_sim)
+    assert upload.params["checksum-algorithm"] == "sha256" and upload.params["checksum"] == digest
+    assert upload.params["content"] == "iso"
+    assert progress.transfers[-1][1:] == (staged.size, staged.size)
+    # a second stage lists the storage and uploads nothing
+    again = target.stage(small_iso, "iso", label="other-label-seed")
+    assert again.ref == staged.ref and not again.uploaded
+    assert len(uploads_in(pve_sim)) == 1
+
+
+def test_golden_image_goes_to_import_content(target, pve_sim: PveSimulator, small_qcow2: Path) -> None:  # type: ignore[no-untyped-def]
+    staged = target.stage(small_qcow2, "image", label="web-server golden image")
+    assert staged.ref.startswith("local:import/web-server-golden-image-") and staged.ref.endswith(".qcow2")
+    assert not target.stage(small_qcow2, "image", label="web-server golden image").uploaded
+    assert len(uploads_in(pve_sim)) == 1
+
+
+def test_storage_without_import_content_is_a_clear_error(pve_sim_factory, small_qcow2: Path) -> None:  # type: ignore[no-untyped-def]
+    sim = pve_sim_factory(import_content=False)
+    target = target_from_config(config_for(sim))
+    with pytest.raises(ImgbuildError) as err:
+        target.stage(small_qcow2, "image", label="golden")
+    assert "does not take disk images for import" in err.value.message
+    assert "pvesm set local --content" in err.value.detail
+    assert uploads_in(sim) == []
+
+
+def test_dropped_connection_is_retried(target, pve_sim: PveSimulator, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    big = tmp_path / "installer.iso"
+    big.write_bytes(hashlib.sha256(b"x").digest() * (3 * 1024 * 1024 // 32))  # 3 MiB
+    rule = pve_sim.faults.drop_upload(after_bytes=1 << 20)
+    progress = Recorder()
+    staged = target.stage(big, "iso", label="web-server-installer", progress=progress)
+    assert rule.hits == 1
+    assert any("interrupted" in n for n in progress.notes)
+    assert pve_sim.volume_path(staged.ref).read_bytes() == big.read_bytes()
+    assert [r.upload_bytes > 0 for r in uploads_in(pve_sim)] == [True, True]
+    assert pve_sim.volume_ids() == [staged.ref]  # nothing half-written left behind
+
+
+def test_upload_gives_up_after_bounded_retries(target, pve_sim: PveSimulator, small_iso: Path) -> None:  # type: ignore[no-untyped-def]
+    pve_sim.faults.http_error("POST", r"/upload$", status=503, message="service unavailable", count=None)
+    with pytest.raises(ImgbuildError, match=r"failed after 3 attempts: .*service unavailable"):
+        target.stage(small_iso, "iso", label="seed")
+    assert len(uploads_in(pve_sim)) == 3 and pve_sim.volume_ids() == []
+
+
+def test_failed_import_task_reports_pve_message(target, pve_sim: PveSimulator, small_iso: Path) -> None:  # type: ignore[no-untyped-def]
+    pve_sim.faults.fail_task("imgcopy", message="checksum mismatch: got 'x' != expect 'y'")
+    with pytest.raises(ImgbuildError) as err:
+        target.stage(small_iso, "iso", label="seed")
+    assert "import of seed-" in err.value.message and "checksum mismatch" in err.value.message
+    assert "TASK ERROR" in err.value.detail
+    assert pve_sim.volume_ids() == []
+
+
+def test_same_hash_with_wrong_size_is_replaced(target, pve_sim: PveSimulator, small_iso: Path) -> None:  # type: ignore[no-untyped-def]
+    staged = target.stage(small_iso, "iso", label="seed")
+    path = pve_sim.volume_path(staged.ref)
+    path.write_bytes(path.read_bytes()[:1000])  # a truncated copy under the trusted name
+    with pve_sim.lock:
+        pve_sim.storages.volumes[staged.ref].size = 1000
+    again = target.stage(small_iso, "iso", label="seed")
+    assert again.uploaded and again.ref == staged.ref
+    assert pve_sim.volume_path(staged.ref).read_bytes() == small_iso.read_bytes()
+
+
+def test_unstage_removes_and_is_idempotent(target, pve_sim: PveSimulator, small_iso: Path) -> None:  # type: ignore[no-untyped-def]
+    staged = target.stage(small_iso, "iso", label="seed")
+    target.unstage(staged)
+    target.unstage(staged)
+    assert pve_sim.volume_ids() == []
