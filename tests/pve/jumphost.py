@@ -81,10 +81,11 @@ class JumpServer:
 
     def close(self) -> None:
         self._stop.set()
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        for op in (lambda: self.sock.shutdown(socket.SHUT_RDWR), self.sock.close):  # shutdown wakes accept()
+            try:
+                op()
+            except OSError:
+                pass
         for transport in list(self._transports):
             transport.close()
         self._thread.join(5)

@@ -157,10 +157,11 @@ class _Listener:
 
     def close(self) -> None:
         self.alive = False
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        for op in (lambda: self.sock.shutdown(socket.SHUT_RDWR), self.sock.close):  # shutdown wakes accept()
+            try:
+                op()
+            except OSError:
+                pass
 
 
 def _pipe(conn: socket.socket, channel: paramiko.Channel) -> None:
