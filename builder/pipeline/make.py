@@ -6,6 +6,7 @@ Reads like the recipe it runs: each step is a verb-named function, timed as a st
 from __future__ import annotations
 
 import shlex
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
             report.vm = {"name": vm.name, "target": vm.target, "id": vm.ident}
         if method == "installer":
             with stages.stage("install"):
-                run_installer(recipe, target, vm, progress)
+                run_installer(recipe, target, vm, out_dir, progress)
         with stages.stage("boot"):
             address = boot(recipe, target, vm, progress)
             report.vm["address"] = address
@@ -108,7 +109,9 @@ def build_artifacts(recipe: Recipe, rendered: Rendered, target: Target, method: 
     out_dir = rendered.out_dir
     if method == "installer":
         log_host = target.installer_log_host(specs.guest_network(recipe))
-        args = [f"log_host={log_host}", f"log_port={SYSLOG_PORT}"] if log_host else []
+        # DEBCONF_DEBUG=5 makes cdebconf log every question it really shows: a prompt fails the
+        # install at once instead of at the deadline.
+        args = [f"log_host={log_host}", f"log_port={SYSLOG_PORT}", "DEBCONF_DEBUG=5"] if log_host else []
         base_iso = recipe.install.base_iso
         base_sums = None
         if base_iso and base_iso.startswith(("http://", "https://")):
@@ -170,11 +173,13 @@ def create_vm(recipe: Recipe, target: Target, built: Built, disk_source: Staged 
     return target.create_vm(spec, progress=progress)
 
 
-def run_installer(recipe: Recipe, target: Target, vm: VM, progress: Progress) -> None:
+def run_installer(recipe: Recipe, target: Target, vm: VM, out_dir: Path, progress: Progress) -> None:
     """Boot the installer ISO on the blank disk, follow its syslog, wait for the power-off, eject it."""
     from builder.pipeline.installer_watch import watch_install
 
-    watch_install(target, vm, timeout=INSTALL_TIMEOUT, port=SYSLOG_PORT, progress=progress)
+    stages = watch_install(target, vm, timeout=INSTALL_TIMEOUT, port=SYSLOG_PORT, progress=progress,
+                           raw_log=out_dir / "installer-syslog.log")
+    progress.note(f"install finished (stages: {', '.join(stages)}); ejecting the installer ISO")
     target.set_cdrom(vm, 0, None)
 
 
@@ -239,8 +244,10 @@ def settle(target: Target, vm: VM | None, built: Built | None, *, ok: bool, opti
                 report.vm["state"] = "running"
             elif vm is not None:
                 progress.step("shutting the VM down")
+                start = time.monotonic()
                 target.shutdown(vm)
                 report.vm["state"] = "shut down"
+                report.vm["shutdown_seconds"] = round(time.monotonic() - start, 2)
             return
         if options.keep_on_failure:
             if vm is not None:
