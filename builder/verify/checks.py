@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 import shlex
 import time
 from dataclasses import asdict, dataclass
@@ -44,6 +46,14 @@ class GuestAccess:
     known_hosts: Path
     key_file: Path | None
     screenshot: Path
+
+
+def _page_summary(body: str) -> str:
+    """A page as a person would name it: its <title>, else its first words."""
+    match = re.search(r"<title[^>]*>(.*?)</title>", body, re.IGNORECASE | re.DOTALL)
+    if match and match.group(1).strip():
+        return f"{len(body)} bytes, title {_clip(html.unescape(match.group(1)), 120)!r}"
+    return f"{len(body)} bytes, starting {_clip(re.sub(r'<[^>]+>', ' ', body), 120)!r}"
 
 
 def _clip(text: str, n: int = 200) -> str:
@@ -149,7 +159,7 @@ class CheckRunner:
                 found = check.expect is None or check.expect in body
                 if resp.status_code == check.status and found:
                     return Outcome(check.label, True, expected, f"HTTP {resp.status_code}, text found")
-                seen = f"HTTP {resp.status_code}, page starts {_clip(body, 160)!r}"
+                seen = f"HTTP {resp.status_code}, {_page_summary(body)}"
                 if resp.status_code == check.status and not found:
                     return Outcome(check.label, False, expected, seen)  # a page, but the wrong one: no retry
             except requests.RequestException as exc:
