@@ -29,10 +29,15 @@ from tests.local.guest import KeyPair, http_get, ssh_run, static_network, user_d
 rows: list[tuple[str, float]] = []
 
 
-def timed(label: str, fn, *args, **kwargs):
+def record(what: str, secs: float) -> None:
+    rows.append((what, secs))
+    print(f"{what}: {secs:.1f}s", file=sys.stderr, flush=True)
+
+
+def timed(what: str, fn, *args, **kwargs):
     t = time.monotonic()
     result = fn(*args, **kwargs)
-    rows.append((label, time.monotonic() - t))
+    record(what, time.monotonic() - t)
     return result
 
 
@@ -46,7 +51,7 @@ def fresh_builds() -> None:
             try:
                 image = timed(f"image build, fresh ({kind})", build_golden_image, WEB_SPEC)
                 for phase, secs in image_manifest(image)["timings"].items():
-                    rows.append((f"  {phase}", secs))
+                    record(f"  {phase}", secs)
             finally:
                 os.environ.pop("IMGBUILD_CACHE", None)
 
@@ -73,15 +78,15 @@ def boot() -> None:
         try:
             t0 = time.monotonic()
             target.start(vm)
-            rows.append(("start QEMU (until QMP answers)", time.monotonic() - t0))
+            record("start QEMU (until QMP answers)", time.monotonic() - t0)
             target.guest_addresses(vm, timeout=600)
-            rows.append(("QEMU start -> agent reports address", time.monotonic() - t0))
+            record("QEMU start -> agent reports address", time.monotonic() - t0)
             ssh = target.endpoint(vm, "192.168.1.250", 22)
             ssh_run(ssh.port, host, user, "true", timeout=600)
-            rows.append(("QEMU start -> SSH command ran", time.monotonic() - t0))
+            record("QEMU start -> SSH command ran", time.monotonic() - t0)
             http = target.endpoint(vm, "192.168.1.250", 80)
             http_get(http.port, timeout=600, expect="Apache2 Debian Default Page")
-            rows.append(("QEMU start -> Apache default page", time.monotonic() - t0))
+            record("QEMU start -> Apache default page", time.monotonic() - t0)
             timed("screenshot (QMP screendump PNG)", target.screenshot, vm, Path(out) / "shot.png")
             timed("clean shutdown (ACPI)", target.shutdown, vm, 180)
         finally:

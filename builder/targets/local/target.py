@@ -183,6 +183,7 @@ class LocalTarget(Target):
             raise ImgbuildError(f"{vm.name} is a template; clone it to boot a VM")
         if self.is_running(vm):
             return
+        progress.step("choosing the accelerator (KVM probe, cached per host boot)")
         verdict = choose_accel(self.accel)
         if verdict.accel == "tcg" and self.accel == "auto":
             progress.note(f"using TCG (software emulation): {verdict.reason}")
@@ -200,6 +201,7 @@ class LocalTarget(Target):
             pidfile = vmdir / "qemu.pid"
             pidfile.unlink(missing_ok=True)
             argv = qemu_argv(self._layout(vm.name, state), self.qemu)
+            progress.step(f"starting QEMU ({verdict.accel}) for {vm.name}")
             write_atomic(vmdir / "qemu.argv", json.dumps(argv, indent=1) + "\n")
             try:
                 run(argv, timeout=120)
