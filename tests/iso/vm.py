@@ -75,6 +75,8 @@ class InstallerVM:
             "-netdev", self.plan.netdev("net0"),
             "-device", "virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56",
             "-object", f"filter-dump,id=dump0,netdev=net0,file={self.pcap}",
+            "-object", "rng-random,id=rng0,filename=/dev/urandom",
+            "-device", "virtio-rng-pci,rng=rng0",
         ]
         if self.firmware == "uefi":
             vars_copy = self.dir / "OVMF_VARS.fd"
