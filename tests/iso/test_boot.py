@@ -143,6 +143,23 @@ def test_installer_iso_uefi(recipe_dir: Path, netboot: NetbootFiles, recipe_netw
     _check(proof, recipe_network)
 
 
+def test_installer_iso_secure_boot(netboot: NetbootFiles, recipe_network: RecipeNetwork, tmp_path: Path) -> None:
+    """With Secure Boot on (OVMF with Microsoft's keys) Debian's signed shim, GRUB and kernel load from
+    the ISO: the kernel reports Secure Boot enabled. Stops there: the rest is the UEFI test's."""
+    from builder.iso.installer import build_installer_iso
+
+    iso = build_installer_iso(b"d-i debian-installer/locale string en_US\n", tmp_path / "sb.iso", release="trixie", netboot=netboot).path
+    plan = slirp_plan(recipe_network.address, recipe_network.gateway, recipe_network.nameserver)
+    with InstallerVM(iso, tmp_path / "vm", firmware="uefi-secureboot", plan=plan) as vm:
+        deadline = time.monotonic() + 300
+        while b"secureboot: Secure boot enabled" not in vm.serial_bytes():
+            assert vm.running(), vm.serial_tail()
+            assert b"Access Denied" not in vm.serial_bytes() and b"Verification failed" not in vm.serial_bytes(), vm.serial_tail()
+            assert time.monotonic() < deadline, "the kernel did not start under Secure Boot\n" + vm.serial_tail()
+            time.sleep(2)
+        assert b"Linux version" in vm.serial_bytes()
+
+
 def test_remastered_iso_bios(
     debian_like_big: Path, rendered: Path, recipe_network: RecipeNetwork, tmp_path: Path
 ) -> None:

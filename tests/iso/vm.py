@@ -14,7 +14,10 @@ from typing import Literal
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
-Firmware = Literal["bios", "uefi"]
+# Secure Boot: SMM-protected flash and Microsoft's keys enrolled (Debian's shim is signed by them).
+OVMF_SECBOOT_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
+OVMF_MS_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.ms.fd")
+Firmware = Literal["bios", "uefi", "uefi-secureboot"]
 
 
 @dataclass(frozen=True)
@@ -78,11 +81,14 @@ class InstallerVM:
             "-object", "rng-random,id=rng0,filename=/dev/urandom",
             "-device", "virtio-rng-pci,rng=rng0",
         ]
-        if self.firmware == "uefi":
+        if self.firmware in ("uefi", "uefi-secureboot"):
+            secure = self.firmware == "uefi-secureboot"
             vars_copy = self.dir / "OVMF_VARS.fd"
-            shutil.copyfile(OVMF_VARS, vars_copy)
+            shutil.copyfile(OVMF_MS_VARS if secure else OVMF_VARS, vars_copy)
+            if secure:
+                cmd += ["-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on"]
             cmd += [
-                "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+                "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_SECBOOT_CODE if secure else OVMF_CODE}",
                 "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
             ]
         return cmd
