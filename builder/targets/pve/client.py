@@ -187,7 +187,7 @@ class PveClient:
 
     def transport_error(self, method: str, path: str, exc: requests.exceptions.RequestException) -> PveError:
         url = self.config.url
-        if isinstance(exc, requests.exceptions.SSLError):
+        if isinstance(exc, requests.exceptions.SSLError) and _is_trust_failure(exc):
             text = str(exc)
             if "fingerprint" in text.lower():
                 return PveError(f"TLS: the certificate of {url} does not match the pinned fingerprint; refusing "
@@ -294,6 +294,14 @@ class _TokenAuth(requests.auth.AuthBase):
 
     def __repr__(self) -> str:
         return "<PVE API token>"
+
+
+def _is_trust_failure(exc: requests.exceptions.SSLError) -> bool:
+    """A certificate that is not trusted (or not the pinned one), as opposed to a TLS stream broken mid-way
+    (EOF, reset), which is a dropped connection like any other."""
+    text = str(exc).lower()
+    return any(word in text for word in ("certificate", "fingerprint", "wrong version number", "handshake",
+                                         "unknown ca", "hostname"))
 
 
 def _shown_path(path: str) -> str:
