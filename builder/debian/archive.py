@@ -14,12 +14,13 @@ import contextlib
 import gzip
 import hashlib
 import io
+import json
 import lzma
 import os
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit, urlunsplit
@@ -258,15 +259,37 @@ class Archive:
     def find_packages(
         self, suite: str, names: Iterable[str], component: str = "main", arch: str = "amd64"
     ) -> dict[str, PackageRef]:
-        """The newest version of each named package in one pass over the index; every name must exist."""
+        """The newest version of each named package in one pass over the index; every name must exist.
+
+        Answers are remembered per index hash (an index never changes under its hash), so later builds
+        against the same Release do not decompress the index again.
+        """
         wanted = set(names)
         index = self.packages_index(suite, component, arch)
+        memo_path = index.with_name(index.name.split(".")[0] + ".lookup.json")
+        try:
+            memo: dict[str, dict] = json.loads(memo_path.read_text())
+        except (FileNotFoundError, ValueError):
+            memo = {}
+        if not wanted <= set(memo):
+            found = self._scan_index(index, suite, wanted - set(memo))
+            memo.update({name: asdict(ref) for name, ref in found.items()})
+            missing = sorted(wanted - set(memo))
+            if missing:
+                raise NotFound(f"package(s) {', '.join(missing)} not in {suite}/{component} for {arch}")
+            with contextlib.suppress(OSError):
+                write_atomic(memo_path, json.dumps(memo, sort_keys=True))
+        try:
+            return {name: PackageRef(**memo[name]) for name in wanted}
+        except TypeError as exc:
+            memo_path.unlink(missing_ok=True)
+            raise ArchiveError(f"corrupt package lookup cache {memo_path} (removed; run again)") from exc
+
+    def _scan_index(self, index: Path, suite: str, wanted: set[str]) -> dict[str, PackageRef]:
         found: dict[str, PackageRef] = {}
         with _open_index(index) as lines:
-            for stanza in iter_stanzas(lines):
-                name = stanza.get("Package")
-                if name not in wanted:
-                    continue
+            for stanza in iter_stanzas(_stanzas_named(lines, wanted)):
+                name = stanza.get("Package", "")
                 try:
                     ref = PackageRef(
                         name=name,
@@ -283,9 +306,6 @@ class Archive:
                 old = found.get(name)
                 if old is None or compare_versions(ref.version, old.version) > 0:
                     found[name] = ref
-        missing = sorted(wanted - set(found))
-        if missing:
-            raise NotFound(f"package(s) {', '.join(missing)} not in {suite}/{component} for {arch}")
         return found
 
     def find_package(self, suite: str, name: str, component: str = "main", arch: str = "amd64") -> PackageRef:
@@ -307,6 +327,21 @@ def _sha256_of(path: Path) -> str:
         while chunk := fh.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _stanzas_named(lines: Iterable[str], names: set[str]) -> Iterator[str]:
+    """Only the lines of stanzas whose Package is in *names* (a cheap pre-filter for a 50 MB index);
+    stanzas stay separated by blank lines."""
+    keep = False
+    for line in lines:
+        if line.startswith("Package:"):
+            keep = line[8:].strip() in names
+            if keep:
+                yield "\n"
+        if keep:
+            yield line
+        if not line.strip():
+            keep = False
 
 
 @contextlib.contextmanager

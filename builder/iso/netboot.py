@@ -9,8 +9,9 @@ is checked every time the cache is used.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,10 +79,11 @@ class NetbootFiles:
 
 
 def _extract_cached(
-    deb: PackageRef, deb_path: Path, names: Mapping[str, str], progress: Progress
+    deb: PackageRef, fetch: Callable[[], Path], names: Mapping[str, str], progress: Progress
 ) -> dict[str, tuple[Path, str]]:
     """Extract *names* ({short name: package path}) once per package hash; verify the cache on every use.
 
+    The .deb itself is fetched (and checked) only when the extracted files are not already cached.
     Returns {short name: (path, sha256)}.
     """
     root = cache_dir("netboot", deb.sha256)
@@ -93,6 +95,7 @@ def _extract_cached(
             return {s: (wanted[s], manifest[s]) for s in names}
     except (FileNotFoundError, ValueError, KeyError):
         pass
+    deb_path = fetch()
     progress.step(f"extracting {deb.name} {deb.version}")
     by_path = {path: short for short, path in names.items()}
     written = extract_paths(deb_path, list(by_path), root / "staging")
@@ -118,7 +121,7 @@ def fetch_netboot(release: str, archive: Archive, *, progress: Progress = NullPr
         groups.setdefault(pkg, {})[short] = path
     for pkg, names in groups.items():
         ref = refs[pkg]
-        deb = archive.fetch_deb(ref)
-        for short, (path, digest) in _extract_cached(ref, deb, names, progress).items():
+        fetch = functools.partial(archive.fetch_deb, ref)
+        for short, (path, digest) in _extract_cached(ref, fetch, names, progress).items():
             files[short], sha[short] = path, digest
     return NetbootFiles(release=release, packages=refs, files=files, sha256=sha)

@@ -90,6 +90,16 @@ def test_debs_are_cached_by_hash(fake: FakeArchive) -> None:
     assert not any(r.endswith(".deb") for r in fake.requests)
 
 
+def test_lookups_are_remembered_per_index_hash(fake: FakeArchive) -> None:
+    first = Archive(fake.url, keyrings=[fake.keyring]).find_package(SUITE, "hello")
+    fake.requests.clear()
+    again = Archive(fake.url, keyrings=[fake.keyring]).find_package(SUITE, "hello")
+    assert again == first
+    assert not any("Packages" in r or "by-hash" in r for r in fake.requests)  # index and answer both cached
+    cache = Path(__import__("os").environ["IMGBUILD_CACHE"]) / "debian-index"
+    assert len(list(cache.glob("sha256-*.lookup.json"))) == 1
+
+
 def test_tampered_deb_is_rejected(fake: FakeArchive) -> None:
     archive = Archive(fake.url, keyrings=[fake.keyring])
     ref = archive.find_package(SUITE, "other")
