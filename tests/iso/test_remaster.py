@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import re
 import subprocess
 import sys
@@ -146,3 +147,92 @@ def test_memory_stays_bounded_for_a_600mb_iso(debian_like_big: Path, tmp_path: P
     assert dest.stat().st_size >= debian_like_big.stat().st_size
     listing = isoinfo("-R", "-l", "-i", str(dest))
     assert re.search(r"\s629145600 .*padding\.bin", listing)
+
+
+@pytest.fixture
+def iso_server(tmp_path: Path, debian_like_small: Path, monkeypatch: pytest.MonkeyPatch):
+    """debian_like_small and a SHA256SUMS for it, served over loopback HTTP like a cdimage directory."""
+    import http.server
+    import threading
+
+    monkeypatch.setenv("IMGBUILD_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "cdimage"
+    root.mkdir()
+    name = "debian-13.2.0-amd64-netinst.iso"
+    os_link_or_copy(debian_like_small, root / name)
+    digest = hashlib.sha256((root / name).read_bytes()).hexdigest()
+    (root / "SHA256SUMS").write_text(f"{'0' * 64}  debian-edu-13.2.0-amd64-netinst.iso\n{digest}  {name}\n")
+    requests: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def do_GET(self):  # noqa: N802
+            requests.append(self.path)
+            return super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root, name, digest, requests
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def os_link_or_copy(src: Path, dest: Path) -> None:
+    import shutil
+
+    try:
+        dest.hardlink_to(src)
+    except OSError:
+        shutil.copyfile(src, dest)
+
+
+def test_base_iso_from_a_url_is_verified_and_cached(iso_server, tmp_path: Path) -> None:
+    from builder.iso.remaster import fetch_base_iso
+
+    url, root, name, digest, requests = iso_server
+    path = fetch_base_iso(f"{url}/{name}", f"{url}/SHA256SUMS")
+    assert path.name == f"{digest}.iso" and hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    requests.clear()
+    assert fetch_base_iso(f"{url}/{name}", f"{url}/SHA256SUMS") == path
+    assert requests == ["/SHA256SUMS"]  # the ISO itself came from the cache
+    info = remaster_iso(path, PRESEED, tmp_path / "out.iso")
+    assert info.path.exists()
+
+
+def test_base_iso_that_does_not_match_its_sums_is_refused(iso_server) -> None:
+    from builder.iso.remaster import fetch_base_iso
+
+    url, root, name, _digest, _requests = iso_server
+    (root / "SHA256SUMS").write_text(f"{'1' * 64}  {name}\n")
+    with pytest.raises(ImgbuildError, match="does not match"):
+        fetch_base_iso(f"{url}/{name}", f"{url}/SHA256SUMS")
+    cache = Path(os.environ["IMGBUILD_CACHE"]) / "base-iso"
+    assert not list(cache.iterdir())
+    with pytest.raises(ImgbuildError, match="lists no SHA256"):
+        fetch_base_iso(f"{url}/other.iso", f"{url}/SHA256SUMS")
+    with pytest.raises(ImgbuildError, match="HTTP 404"):
+        fetch_base_iso(f"{url}/{name}", f"{url}/MISSING")
+
+
+def test_recipe_isos_with_a_base_iso(rendered: Path, debian_like_small: Path, tmp_path: Path) -> None:
+    from builder.iso.installer import build_recipe_isos
+
+    work = tmp_path / "web-server"
+    work.mkdir()
+    for name in ("preseed.cfg", "user-data", "meta-data", "network-config"):
+        (work / name).write_bytes((rendered / name).read_bytes())
+    result = build_recipe_isos(work, release="trixie", base_iso=debian_like_small, kernel_args=ARGS)
+    assert result.installer_info.source.startswith("remaster:")
+    assert isoinfo_bytes(result.installer, "/isolinux/orig.cfg").decode() == ISOLINUX_CFG
+    preseed = read_newc_stream(gzip.decompress(isoinfo_bytes(result.installer, "/install.amd/preseed.gz")))
+    assert preseed[0][2] == (rendered / "preseed.cfg").read_bytes()
+    assert (work / "SHA256SUMS").read_text().count("\n") == 2
+    with pytest.raises(InvalidInput, match="SHA256SUMS"):
+        build_recipe_isos(work, release="trixie", base_iso="http://127.0.0.1:9/x.iso", kernel_args=ARGS)
