@@ -8,8 +8,10 @@ end-to-end path (a booted guest, SSH and HTTP through a jump host) is test_boot.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from builder.pipeline import make as make_module
 from builder.pipeline.make import MakeOptions, make
 from builder.recipe import load_recipe
 from builder.recipe.model import Recipe, derived_mac
+from builder.targets.pve.connect import open_pve_target
 from builder.targets.pve.target import PveTarget
 from builder.verify.checks import Outcome
 from tests.pve.conftest import REPO, no_orphans, uploads_in, write_targets_file
@@ -104,8 +107,7 @@ FAULTS = {
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 def test_faults_end_in_a_clear_error_and_no_orphans(fault: str, sim_env: PveSimulator, web_server: Recipe,
                                                     stubbed: list[str], tmp_path: Path) -> None:
-    write_targets_file(Path(__import__("os").environ["IMGBUILD_TARGETS"]), sim_env, task_timeout=2)
-    from builder.targets.pve.connect import open_pve_target
+    write_targets_file(Path(os.environ["IMGBUILD_TARGETS"]), sim_env, task_timeout=2)
 
     target = open_pve_target("sim", tmp_path)
     plant, expect = FAULTS[fault]
@@ -211,3 +213,35 @@ def _instance_id(out_dir: Path) -> str:
         if line.startswith("instance-id"):
             return line.split(":", 1)[1].strip()
     raise AssertionError("no instance-id")
+
+
+def test_installer_method_on_pve(target: PveTarget, pve_sim: PveSimulator, web_server: Recipe, stubbed: list[str],
+                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blank disk + installer ISO + seed ISO; the 'installer' powers the VM off; the installer ISO is ejected and
+    the VM boots from its disk. (ISOs stubbed: building the real installer ISO is tests/iso's job.)"""
+    from types import SimpleNamespace
+
+    def isos(out_dir, **kw):  # type: ignore[no-untyped-def]
+        seed, installer = out_dir / "seed.iso", out_dir / "installer.iso"
+        seed.write_bytes(b"seed" * 4096)
+        installer.write_bytes(b"installer" * 8192)
+        return SimpleNamespace(seed=seed, installer=installer, sha256={
+            "seed.iso": hashlib.sha256(seed.read_bytes()).hexdigest(),
+            "installer.iso": hashlib.sha256(installer.read_bytes()).hexdigest()})
+
+    monkeypatch.setattr(make_module, "build_recipe_isos", isos)
+    monkeypatch.setattr(make_module, "SYSLOG_PORT", 0)  # a free port: never collide with another run
+    pve_sim.backend.power_off_after(100, 1.0)  # the "installer" finishes a second after the first start
+    report = make(web_server, tmp_path / "out", target, MakeOptions(method="installer"))
+    assert report.ok and report.method == "installer"
+    (create,) = pve_sim.requests_matching("POST", r"^/nodes/pve/qemu$")
+    assert create.params["virtio0"] == "local-lvm:8,cache=none"  # blank
+    assert create.params["ide2"].startswith("local:iso/web-server-installer-")
+    assert create.params["ide3"].startswith("local:iso/web-server-seed-")
+    assert create.params["boot"] == "order=virtio0;ide2;ide3"
+    assert len(pve_sim.backend.starts) == 2  # installer boot, then the installed system
+    cfg = pve_sim.vm_config(100)
+    assert cfg["ide2"].startswith("none,media=cdrom") and cfg["ide3"].startswith("none,media=cdrom")
+    # the installer ISO stays (content-addressed, reused next time); the seed is gone
+    assert [v for v in pve_sim.volume_ids("iso")] == [create.params["ide2"].split(",")[0]]
+    target.destroy(target.find_vm("web-server"))  # type: ignore[arg-type]
