@@ -15,7 +15,6 @@ Deterministic for the same netboot packages, preseed and kernel arguments.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +26,8 @@ from builder.fsutil import write_atomic
 from builder.iso import bootmenu
 from builder.iso.cpio import preseed_archive
 from builder.iso.fat import fat16_image
-from builder.iso.isowriter import Concat, ElTorito, IsoBuilder, epoch_from_hash
-from builder.iso.netboot import NetbootFiles, fetch_netboot
+from builder.iso.isowriter import Concat, ElTorito, IsoBuilder, build_epoch
+from builder.iso.netboot import NetbootFiles, fetch_netboot, release_number
 from builder.iso.seed import SEED_FILES, build_seed_iso, content_epoch
 from builder.progress import NullProgress, Progress
 
@@ -52,14 +51,9 @@ class InstallerInfo:
     source: str  # "netboot" or "remaster:<base iso name>"
 
 
-def _source_epoch(key: Mapping[str, object]) -> int:
-    explicit = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
-    if explicit:
-        try:
-            return int(explicit)
-        except ValueError:
-            raise InvalidInput(f"SOURCE_DATE_EPOCH must be an integer, not {explicit!r}") from None
-    return epoch_from_hash(content_key(key))
+def source_epoch(key: Mapping[str, object]) -> int:
+    """SOURCE_DATE_EPOCH, else a timestamp derived from everything the image is made of (*key*)."""
+    return build_epoch(content_key(key))
 
 
 def efi_boot_image(netboot: NetbootFiles, *, epoch: int) -> bytes:
@@ -99,8 +93,7 @@ def layout_installer_iso(
 ) -> IsoBuilder:
     """The installer ISO's files (pure apart from reading the netboot files)."""
     entries = installer_entries(kernel_args)
-    number = {"bookworm": "12", "trixie": "13"}.get(netboot.release, "")
-    title = f"Debian {number} ({netboot.release}) automated install".replace("  ", " ")
+    title = f"Debian {release_number(netboot.release)} ({netboot.release}) automated install"
     iso = IsoBuilder(f"IMGBUILD_{netboot.release.upper()}"[:32], epoch=epoch)
     iso.add(KERNEL, netboot.path("linux"))
     iso.add(INITRD, Concat((netboot.path("initrd.gz"), preseed_archive(preseed))))
@@ -135,7 +128,7 @@ def build_installer_iso(
         netboot = fetch_netboot(release, archive, progress=progress)
     elif netboot.release != release:
         raise ImgbuildError(f"netboot files are for {netboot.release}, not {release}")
-    epoch = _source_epoch(
+    epoch = source_epoch(
         {
             "layout": LAYOUT_VERSION,
             "netboot": netboot.fingerprint(),

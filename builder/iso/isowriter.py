@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import threading
 import time as _time
@@ -23,7 +24,7 @@ from typing import BinaryIO
 
 import pycdlib
 
-from builder.errors import ImgbuildError
+from builder.errors import ImgbuildError, InvalidInput
 from builder.fsutil import atomic_output
 from builder.progress import NullProgress, Progress
 
@@ -70,6 +71,18 @@ def epoch_from_hash(digest: str) -> int:
     """A stable timestamp derived from a content hash: distinct content gets distinct volume dates
     (GRUB uses the ISO's modification date as its file system UUID), identical content the same."""
     return 1_000_000_000 + int(digest[:12], 16) % 1_000_000_000
+
+
+def build_epoch(content_digest: str) -> int:
+    """The timestamp written into an image: SOURCE_DATE_EPOCH when set (reproducible-builds.org),
+    else derived from *content_digest*."""
+    explicit = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if explicit:
+        try:
+            return int(explicit)
+        except ValueError:
+            raise InvalidInput(f"SOURCE_DATE_EPOCH must be an integer, not {explicit!r}") from None
+    return epoch_from_hash(content_digest)
 
 
 # --- names ---------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from builder.fsutil import temp_path_for
 from builder.iso import bootmenu
 from builder.iso.cpio import preseed_archive
 from builder.iso.gpt import GptError, repair_gpt
-from builder.iso.installer import LAYOUT_VERSION, InstallerInfo, _source_epoch
+from builder.iso.installer import LAYOUT_VERSION, InstallerInfo, source_epoch
 from builder.iso.isowriter import pinned_clock
 from builder.progress import NullProgress, Progress
 
@@ -211,7 +211,7 @@ def remaster_iso(
                 raise RemasterError(f"{base_iso.name} is not a readable ISO 9660 image: {exc}") from exc
             img = _Image(iso, rock_ridge=iso.has_rock_ridge(), joliet=iso.has_joliet())
             layout = _inspect(img)
-            epoch = _source_epoch(
+            epoch = source_epoch(
                 {
                     "layout": LAYOUT_VERSION + "-remaster",
                     "base": _base_identity(base_iso, layout),

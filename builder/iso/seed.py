@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from builder.errors import ImgbuildError, InvalidInput
-from builder.iso.isowriter import IsoBuilder, epoch_from_hash
+from builder.errors import ImgbuildError
+from builder.iso.isowriter import IsoBuilder, build_epoch
 
 SEED_FILES = ("user-data", "meta-data", "network-config", "vendor-data")
 REQUIRED = ("user-data", "meta-data")
@@ -17,16 +16,10 @@ VOLUME_ID = "CIDATA"
 
 def content_epoch(files: Mapping[str, bytes]) -> int:
     """SOURCE_DATE_EPOCH when set, else a timestamp derived from the content (stable across runs)."""
-    explicit = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
-    if explicit:
-        try:
-            return int(explicit)
-        except ValueError:
-            raise InvalidInput(f"SOURCE_DATE_EPOCH must be an integer, not {explicit!r}") from None
     digest = hashlib.sha256()
     for name in sorted(files):
         digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
-    return epoch_from_hash(digest.hexdigest())
+    return build_epoch(digest.hexdigest())
 
 
 def build_seed_iso(files: Mapping[str, bytes], dest: Path, *, epoch: int) -> Path:
