@@ -1,0 +1,50 @@
+"""`imgbuild template` and `imgbuild clone` work on the local target too (one real boot: the clone's).
+
+The source VM is created from web-server's golden image on the local target and never booted (what
+`make` would leave after verification, minus the boot); the CLI turns it into a template and makes a
+linked clone with its own seed (hostname, MAC, address from --ip, host key, instance-id), which boots
+and passes the recipe's checks over SSH and HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from builder.image.build import build_golden_image
+from builder.pipeline import specs
+from builder.recipe import load_recipe
+from builder.targets.local import LocalTarget, derive_mac
+from tests.pve.conftest import REPO, cli_env, imgbuild
+
+pytestmark = pytest.mark.boot
+
+
+def test_template_and_linked_clone_on_the_local_target(tmp_path: Path) -> None:
+    recipe = load_recipe("web-server", REPO / "recipes")
+    out = tmp_path / "out"
+    target = LocalTarget(out)
+    golden = build_golden_image(specs.image_spec(recipe))
+    image = target.stage(golden.path, "image", label="web-server")
+    target.create_vm(specs.vm_spec(recipe, disk_source=image, cdroms=(None,)))
+    env = cli_env(tmp_path)
+    try:
+        proc = imgbuild("template", "web-server", "--target", "local", env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert "now a template on local" in proc.stdout
+        proc = imgbuild("clone", "web-server", "--name", "web-2", "--ip", "192.168.1.251/24", "--linked",
+                        "--target", "local", env=env, timeout=1800)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        report = json.loads((out / "web-2" / "report.json").read_text())
+        assert report["ok"] and report["method"] == "linked clone" and report["vm"]["address"] == "192.168.1.251"
+        assert all(c["ok"] for c in report["checks"]) and len(report["checks"]) == 3
+        clone = target.find_vm("web-2")
+        assert clone is not None and clone.data["macs"] == [derive_mac("web-2", 0)]
+        assert clone.data["template_of"] == "web-server" and clone.data["cdroms"][0] is None  # seed forgotten
+        assert derive_mac("web-2", 0) in (out / "web-2" / "network-config").read_text()
+    finally:
+        for name in ("web-2", "web-server"):
+            imgbuild("destroy", name, "--target", "local", env=env)
+    assert target.find_vm("web-2") is None and target.find_vm("web-server") is None
