@@ -48,8 +48,6 @@ def guest_route(sim: PveSimulator):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def booted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """One real make on the simulator, shared by this module's tests."""
-    from tests.pvesim.fixtures import _finish
-
     tmp = tmp_path_factory.mktemp("pveboot")
     sim = PveSimulator(backend=QemuBackend(accel="tcg", guest_ports=(22, 80))).start()
     try:
@@ -64,7 +62,10 @@ def booted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             yield {"sim": sim, "jump": jump, "proc": proc, "out": tmp / "out", "env": env}
             imgbuild("destroy", "web-server", "--target", "sim", env=env, timeout=300)
     finally:
-        _finish(sim)  # stops QEMU; fails the module on any schema rejection
+        rejected = sim.unexpected_rejections()
+        sim.stop()  # stops QEMU
+        if rejected:
+            pytest.fail("the PVE simulator rejected: " + "; ".join(map(str, rejected)), pytrace=False)
 
 
 def test_make_web_server_on_the_simulator_verifies_for_real(booted: dict) -> None:
