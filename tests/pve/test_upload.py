@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,56 @@ def test_unstage_removes_and_is_idempotent(target, pve_sim: PveSimulator, small_
     target.unstage(staged)
     target.unstage(staged)
     assert pve_sim.volume_ids() == []
+
+
+def test_writes_use_the_generous_timeout_not_the_connect_one(pve_sim: PveSimulator) -> None:
+    """urllib3 sends a body under the *connect* timeout; the transfer session must not: a server that stalls
+    for 3 s before reading must not break an upload whose connect timeout is 1 s."""
+    import socket
+    import ssl
+    import threading
+
+    import requests
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pve_sim.cert.cert_file, pve_sim.cert.key_file)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def handle(conn: socket.socket) -> None:
+        with ctx.wrap_socket(conn, server_side=True) as tls:
+            time.sleep(3)  # stalled: the client's socket buffers fill up meanwhile
+            tls.settimeout(30)
+            got = 0
+            try:
+                while got < 32 << 20 and (data := tls.recv(1 << 20)):
+                    got += len(data)
+                if got >= 32 << 20:
+                    tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+            except OSError:
+                pass
+
+    def serve() -> None:
+        for _ in range(2):
+            conn, _ = listener.accept()
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    body = b"\0" * (32 << 20)
+    url = f"https://127.0.0.1:{port}/"
+    plain = requests.Session()
+    with pytest.raises(requests.exceptions.RequestException):  # what proxmoxer's session would do
+        plain.post(url, data=body, timeout=(1, 30), verify=str(pve_sim.ca_file))
+    client = PveClientFor(pve_sim)
+    resp = client.transfer_session(write_timeout=30).post(url, data=body, timeout=(1, 30),
+                                                          verify=client.tls.verify)
+    assert resp.status_code == 200
+    listener.close()
+    thread.join(10)
+
+
+def PveClientFor(sim: PveSimulator):  # type: ignore[no-untyped-def]
+    from builder.targets.pve.client import PveClient
+
+    return PveClient(config_for(sim))
