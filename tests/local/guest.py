@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import struct
 import time
 import urllib.error
@@ -17,6 +18,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from builder.iso.seed import build_seed_iso, content_epoch
+
+
+# paramiko logs every refused connection while sshd is still starting, with a traceback: not news here.
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 
 @dataclass(frozen=True)
