@@ -126,6 +126,13 @@ class BaseLayout:
     has_isolinux: bool
     has_grub: bool
     volume_id: str
+    release: str = ""  # codename from .disk/info ("trixie"), when it says
+
+
+def release_from_disk_info(text: str) -> str:
+    """'Debian GNU/Linux 13.2.0 "Trixie" - Official amd64 NETINST …' -> 'trixie' ('' if not found)."""
+    match = re.search(r'"([A-Za-z]+)"', text)
+    return match.group(1).lower() if match else ""
 
 
 def _inspect(img: _Image) -> BaseLayout:
@@ -141,7 +148,8 @@ def _inspect(img: _Image) -> BaseLayout:
         raise RemasterError("the base ISO has neither isolinux/isolinux.cfg nor boot/grub/grub.cfg: cannot make it boot unattended")
     ui = next((name for name in ("menu.c32", "vesamenu.c32") if img.exists(f"/isolinux/{name}")), None)
     volume_id = img.iso.pvd.volume_identifier.decode("ascii", "replace").strip()
-    return BaseLayout(isolinux_ui=ui, has_isolinux=has_isolinux, has_grub=has_grub, volume_id=volume_id)
+    release = release_from_disk_info(img.read("/.disk/info").decode("utf-8", "replace")) if img.exists("/.disk/info") else ""
+    return BaseLayout(isolinux_ui=ui, has_isolinux=has_isolinux, has_grub=has_grub, volume_id=volume_id, release=release)
 
 
 def _entries(kernel_args: Sequence[str]) -> list[bootmenu.BootEntry]:
@@ -251,7 +259,7 @@ def remaster_iso(
         path=dest,
         sha256=sha256_file(dest),
         size=dest.stat().st_size,
-        release="",
+        release=layout.release,
         netboot_version="",
         kernel_args=(*bootmenu.INSTALLER_ARGS, *kernel_args),
         epoch=epoch,

@@ -29,6 +29,7 @@ def remastered(debian_like_small: Path, tmp_path_factory: pytest.TempPathFactory
     dest = tmp_path_factory.mktemp("remaster") / "installer.iso"
     info = remaster_iso(debian_like_small, PRESEED, dest, kernel_args=ARGS)
     assert info.source == "remaster:debian-13-amd64-netinst.iso"
+    assert info.release == "trixie"  # from .disk/info
     return dest
 
 
