@@ -245,3 +245,9 @@ def test_installer_method_on_pve(target: PveTarget, pve_sim: PveSimulator, web_s
     # the installer ISO stays (content-addressed, reused next time); the seed is gone
     assert [v for v in pve_sim.volume_ids("iso")] == [create.params["ide2"].split(",")[0]]
     target.destroy(target.find_vm("web-server"))  # type: ignore[arg-type]
+
+
+def test_clone_name_must_be_a_host_name(cli_out: Path, sim_env: PveSimulator, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--recipes-dir", str(REPO / "recipes"), "--out-dir", str(cli_out)]
+    assert main([*base, "clone", "web-server", "--name", "web_2", "--target", "sim"]) == 2
+    assert "must be a host name" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +28,9 @@ from builder.recipe.model import Recipe, derived_mac
 from builder.render.write import render_recipe
 from builder.targets.base import VM, Target
 from builder.targets.select import add_target_options, open_target
+
+
+HOSTNAME = re.compile(r"^(?=.{1,63}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -86,6 +90,9 @@ def clone(recipe: Recipe, name: str, out_root: Path, target: Target, *, ip: str 
           options: MakeOptions | None = None, progress: Progress = NullProgress()) -> Report:
     """Clone RECIPE's VM as *name*, boot it with its own seed and verify it. Raises like make()."""
     options = options or MakeOptions()
+    if not HOSTNAME.match(name):
+        raise InvalidInput(f"--name {name!r} must be a host name: letters, digits and '-' (not first or last), "
+                           "at most 63")
     if name == recipe.name:
         raise InvalidInput(f"the clone needs a name of its own (not {recipe.name})")
     derived = clone_recipe(recipe, name, address=clone_address(recipe, ip), mac=mac_for_clone(target, name))
