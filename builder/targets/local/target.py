@@ -101,6 +101,9 @@ class LocalTarget(Target):
         require_tool(self.qemu, "qemu-system-x86")
         require_tool("qemu-img", "qemu-utils")
         vmdir = self.vm_dir(spec.name)
+        if not spec.nics:
+            raise InvalidInput(f"VM {spec.name} has no NIC; the local target needs one for user-mode networking")
+        slirp = slirp_for(spec.network)
         old = load_state(vmdir) if vmdir.exists() else None
         if old is not None:
             existing = self._vm(spec.name, old)
@@ -116,9 +119,6 @@ class LocalTarget(Target):
             shutil.rmtree(vmdir)
         vmdir.mkdir(parents=True)
         os.chmod(vmdir, 0o700)
-        if not spec.nics:
-            raise InvalidInput(f"VM {spec.name} has no NIC; the local target needs one for user-mode networking")
-        slirp = slirp_for(spec.network)
 
         disks = []
         for i, disk in enumerate(spec.disks):
