@@ -193,7 +193,7 @@ class LocalTarget(Target):
         last_error: CommandFailed | None = None
         for _attempt in range(3):  # a forward port taken between choosing and binding: choose again
             ports = free_loopback_ports(len(state["guest_ports"]))
-            state["forwards"] = {str(gp): hp for gp, hp in zip(state["guest_ports"], ports)}
+            state["forwards"] = {str(gp): hp for gp, hp in zip(state["guest_ports"], ports, strict=True)}
             state["extra_forwards"] = []
             state["accel"] = verdict.accel
             for name in ("qmp.sock", "qga.sock"):
