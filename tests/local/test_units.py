@@ -199,3 +199,17 @@ def test_stage_is_content_addressed_and_cheap(tmp_path: Path) -> None:
     assert os.stat(first.ref).st_ino == iso.stat().st_ino  # a hard link, not a copy
     target.unstage(first)
     assert not Path(first.ref).exists() and iso.exists()
+
+
+def test_probe_kernel_comes_from_kept_kernels_then_netboot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from builder.targets.local.accel import find_probe_kernel
+
+    monkeypatch.setenv("IMGBUILD_CACHE", str(tmp_path))
+    netboot = tmp_path / "netboot" / "abc" / "files" / "linux"
+    netboot.parent.mkdir(parents=True)
+    netboot.write_bytes(b"bzImage")
+    assert find_probe_kernel() == netboot
+    kept = tmp_path / "kernels" / "vmlinuz-6.12.0-1-amd64"
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_bytes(b"bzImage")
+    assert find_probe_kernel() == kept

@@ -73,7 +73,7 @@ def find_probe_kernel() -> Path | None:
     """A Linux kernel to probe with: one a golden image build kept, the installer's netboot kernel, or
     the host's own."""
     kept = list(cache_dir("kernels").glob("vmlinuz-*"))
-    netboot = list(cache_root().glob("netboot/*/**/amd64/linux"))
+    netboot = [p for p in cache_root().glob("netboot/**/linux") if p.is_file()]
     candidates = sorted(kept, key=lambda p: p.stat().st_mtime, reverse=True) + netboot
     candidates.append(Path("/boot") / f"vmlinuz-{os.uname().release}")
     return next((c for c in candidates if c.is_file() and os.access(c, os.R_OK)), None)
