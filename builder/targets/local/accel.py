@@ -79,7 +79,7 @@ def find_probe_kernel() -> Path | None:
     return next((c for c in candidates if c.is_file() and os.access(c, os.R_OK)), None)
 
 
-def probe_kvm(*, kernel: Path | None = None, timeout: float = 4.0, kernel_timeout: float = 10.0) -> AccelVerdict:
+def probe_kvm(*, kernel: Path | None = None, timeout: float = 4.0, kernel_timeout: float = 6.0) -> AccelVerdict:
     """Run the two-stage probe (see module doc). Takes a few seconds; never leaves a QEMU behind."""
     if not os.path.exists("/dev/kvm"):
         return AccelVerdict("tcg", "no /dev/kvm")
