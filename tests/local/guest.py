@@ -122,9 +122,10 @@ def http_get(port: int, timeout: float, expect: str) -> str:
     """GET / on 127.0.0.1:*port* until the body contains *expect* or *timeout* passes."""
     deadline = time.monotonic() + timeout
     last = ""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via an http_proxy
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as resp:
+            with opener.open(f"http://127.0.0.1:{port}/", timeout=10) as resp:
                 body = resp.read().decode("utf-8", "replace")
             if expect in body:
                 return body
