@@ -58,7 +58,7 @@ def user_data(recipe: Recipe, inputs: RenderInputs) -> dict[str, Any]:
     charset = recipe.locale.partition(".")[2].partition("@")[0] or "ISO-8859-1"
     files: list[dict[str, Any]] = [{
         "path": "/etc/locale.gen", "append": True, "content": f"{recipe.locale} {charset}\n",
-    }]
+    }, *identity_files(recipe)]
     if recipe.root.login and inputs.root_hash:
         data["chpasswd"] = {"expire": False, "users": [{"name": "root", "password": inputs.root_hash, "type": "hash"}]}
     if recipe.late_commands:
@@ -75,6 +75,23 @@ def user_data(recipe: Recipe, inputs: RenderInputs) -> dict[str, Any]:
     data["write_files"] = files
     data["final_message"] = f"imgbuild: {recipe.name} is up after $UPTIME seconds (cloud-init $VERSION)"
     return data
+
+
+def identity_files(recipe: Recipe) -> list[dict[str, Any]]:
+    """Keep the guest's identity once the seed ISO is gone (imgbuild removes it after verification, since it
+    holds the host's private key): without these, the next boot falls back to cloud-init's "None"
+    datasource, which makes a new instance with new host keys and a DHCP address."""
+    link = (f"# written by imgbuild: the NIC keeps the name cloud-init gave it, with or without cloud-init\n"
+            f"[Match]\nMACAddress={recipe.network.mac.lower()}\n\n[Link]\nName={NIC_NAME}\n")
+    return [
+        {"path": "/etc/cloud/cloud.cfg.d/99-imgbuild-keep-identity.cfg",
+         # Two real datasources, not one: ds-identify uses a single listed datasource (optionally with None)
+         # unchecked, so cloud-init would run, find no seed and fall back to DHCP. With two, a boot without
+         # any seed leaves cloud-init disabled; a new seed (a clone's) is still found.
+         "content": "# written by imgbuild: a boot without a seed changes nothing; a new seed is still found\n"
+                    "datasource_list: [NoCloud, ConfigDrive]\n"},
+        {"path": f"/etc/systemd/network/10-imgbuild-{NIC_NAME}.link", "content": link},
+    ]
 
 
 def network_config(recipe: Recipe) -> dict[str, Any]:

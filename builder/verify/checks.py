@@ -108,7 +108,7 @@ class CheckRunner:
         r = self.recipe
         want_addr = r.network.ip or self.access.address
         expected = (f"login as {self.access.user} with the pinned host key, hostname {r.hostname}, "
-                    f"address {r.network.address or want_addr}, cloud-init done")
+                    f"address {r.network.address or want_addr}, cloud-init done (or disabled on a later boot)")
         try:
             shell = self._shell(check.timeout)
         except ImgbuildError as exc:
@@ -119,7 +119,8 @@ class CheckRunner:
         addrs = shell.run("ip -o -4 addr show scope global | awk '{print $4}'").stdout.split()
         ips = [a.split("/")[0] for a in addrs]
         seen = f"hostname {hostname or '?'}, addresses {', '.join(addrs) or 'none'}, cloud-init {status or 'status unknown'}"
-        ok = hostname == r.hostname and want_addr in ips and status == "status: done"
+        # "disabled": a later boot without the seed ISO, where cloud-init rightly does nothing.
+        ok = hostname == r.hostname and want_addr in ips and status in ("status: done", "status: disabled")
         if r.network.address:
             ok = ok and r.network.address in addrs
         return Outcome("ssh", ok, expected, seen)

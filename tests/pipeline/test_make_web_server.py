@@ -52,6 +52,21 @@ def test_verify_again(imgbuild, made) -> None:
     assert all(c["ok"] for c in json.loads(result.stdout))
 
 
+def test_identity_survives_a_reboot_without_the_seed(imgbuild, made) -> None:
+    """make removed the seed ISO (it holds the private host key); a cold boot must keep address and key."""
+    from builder.targets.local import LocalTarget
+
+    target = LocalTarget(imgbuild.out)
+    vm = target.find_vm("web-server")
+    assert vm is not None and not any(vm.data.get("cdroms", [None])), vm.data.get("cdroms")
+    target.shutdown(vm)
+    assert not target.is_running(vm)
+    result = imgbuild("verify", "--json", "web-server")  # starts it again
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    checks = {c["check"]: c for c in json.loads(result.stdout)}
+    assert checks["ssh"]["ok"] and "192.168.1.250/24" in checks["ssh"]["seen"]
+
+
 def test_tampered_known_hosts_fails_ssh(imgbuild, made, tmp_path) -> None:
     known = imgbuild.out / "web-server" / "known_hosts"
     original = known.read_text()
