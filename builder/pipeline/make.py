@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import shlex
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from builder.cachedir import sha256_file
+from builder.cachedir import content_key, sha256_file
 from builder.errors import CheckFailed, ImgbuildError
 from builder.fsutil import write_atomic
+from builder.image.build import GoldenImage, build_golden_image
 from builder.iso.installer import build_recipe_isos, read_seed_files
 from builder.iso.seed import build_seed_iso, content_epoch
 from builder.pipeline import specs
@@ -34,7 +35,8 @@ class MakeOptions:
     method: str | None = None  # override the recipe's install.method
     keep: bool = False  # leave the VM running
     keep_on_failure: bool = False  # leave a failed VM (and its uploads) for inspection
-    replace: bool = True  # replace an existing VM of the same name
+    replace: bool = True  # replace an existing VM of the same name (when it is not up to date)
+    rebuild: bool = False  # a new VM even when the existing one was built from the same inputs
 
 
 @dataclass
@@ -42,6 +44,7 @@ class Built:
     rendered: Rendered
     seed: Path
     installer: Path | None = None
+    golden: GoldenImage | None = None
     staged: dict[str, Staged] = field(default_factory=dict)
 
 
@@ -53,24 +56,38 @@ def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
     out_dir = out_root / recipe.name
     vm: VM | None = None
     built: Built | None = None
+    created = False
     ok = False
     try:
         with stages.stage("render"):
             rendered = render_recipe(recipe, out_root)
         with stages.stage("build"):
             built = build_artifacts(recipe, rendered, target, method, report, progress)
-        disk_source = None
         if method == "image":
             with stages.stage("image"):
-                disk_source = prepare_image(recipe, target, built, report, progress)
-        with stages.stage("stage"):
-            stage_media(target, built, report, progress)
-        with stages.stage("create"):
-            vm = create_vm(recipe, target, built, disk_source, method, options, progress)
-            report.vm = {"name": vm.name, "target": vm.target, "id": vm.ident}
-        if method == "installer":
-            with stages.stage("install"):
-                run_installer(recipe, target, vm, out_dir, progress)
+                built.golden = prepare_image(recipe, report, progress)
+        inputs = inputs_key(recipe, built, method)
+        existing = target.find_vm(recipe.name)
+        if existing is not None and target.is_template(existing):
+            raise ImgbuildError(f"{recipe.name} on {target.name} is a template now; make will not replace it",
+                                detail=f"make a VM from it with: imgbuild clone {recipe.name} --name NAME, "
+                                       f"or remove it (and its clones) with imgbuild destroy")
+        if existing is not None and not options.rebuild and target.built_from(existing) == inputs:
+            with stages.stage("reuse") as record:
+                vm = existing
+                record.detail = "up to date: the VM was built from these exact inputs; verifying it again"
+                progress.note(f"{recipe.name} is up to date on {target.name} (use --rebuild for a new VM)")
+                report.vm = {"name": vm.name, "target": vm.target, "id": vm.ident, "reused": True}
+        else:
+            with stages.stage("stage"):
+                stage_media(target, built, report, progress)
+            with stages.stage("create"):
+                vm = create_vm(recipe, target, built, existing, method, inputs, options, progress)
+                created = True
+                report.vm = {"name": vm.name, "target": vm.target, "id": vm.ident, "reused": False}
+            if method == "installer":
+                with stages.stage("install"):
+                    run_installer(recipe, target, vm, out_dir, progress)
         with stages.stage("boot"):
             address = boot(recipe, target, vm, progress)
             report.vm["address"] = address
@@ -95,7 +112,7 @@ def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
     else:
         report.finish(True)
     finally:
-        settle(target, vm, built, ok=ok, options=options, report=report, progress=progress)
+        settle(target, vm, built, created=created, ok=ok, options=options, report=report, progress=progress)
         report.write(out_dir / "report.json")
     return report
 
@@ -134,20 +151,31 @@ def build_artifacts(recipe: Recipe, rendered: Rendered, target: Target, method: 
     return Built(rendered, seed)
 
 
-def prepare_image(recipe: Recipe, target: Target, built: Built, report: Report, progress: Progress) -> Staged:
-    from builder.image.build import build_golden_image
-
+def prepare_image(recipe: Recipe, report: Report, progress: Progress) -> GoldenImage:
     golden = build_golden_image(specs.image_spec(recipe), progress=progress)
     report.cache["image"] = {"path": str(golden.path), "key": golden.key, "reused": golden.cached}
     progress.note(f"golden image {'reused' if golden.cached else 'built'}: {golden.path}")
-    staged = target.stage(golden.path, "image", label=f"{recipe.name} golden image", progress=progress)
-    built.staged["image"] = staged
-    report.add_artifact("golden-image", golden.path, staged.sha256, staged.size, reused=golden.cached)
-    return staged
+    return golden
+
+
+def inputs_key(recipe: Recipe, built: Built, method: str) -> str:
+    """Everything a VM is built from: a VM recorded with the same key needs no rebuild."""
+    spec = specs.vm_spec(recipe, disk_source=None, cdroms=())
+    return content_key({
+        "method": method,
+        "seed": sha256_file(built.seed),
+        "installer": sha256_file(built.installer) if built.installer else None,
+        "image": built.golden.key if built.golden else None,
+        "vm": asdict(spec),
+    })
 
 
 def stage_media(target: Target, built: Built, report: Report, progress: Progress) -> None:
     name = built.rendered.recipe.name
+    if built.golden is not None:
+        image = target.stage(built.golden.path, "image", label=f"{name}-image", progress=progress)
+        built.staged["image"] = image
+        report.add_artifact("golden-image", built.golden.path, image.sha256, image.size, reused=built.golden.cached)
     built.staged["seed"] = target.stage(built.seed, "iso", label=f"{name}-seed", progress=progress)
     if built.installer is not None:
         built.staged["installer"] = target.stage(built.installer, "iso", label=f"{name}-installer",
@@ -157,19 +185,18 @@ def stage_media(target: Target, built: Built, report: Report, progress: Progress
     progress.note(f"staged on {target.name}: {', '.join(built.staged)} (transferred: {', '.join(uploaded) or 'nothing'})")
 
 
-def create_vm(recipe: Recipe, target: Target, built: Built, disk_source: Staged | None, method: str,
+def create_vm(recipe: Recipe, target: Target, built: Built, existing: VM | None, method: str, inputs: str,
               options: MakeOptions, progress: Progress) -> VM:
-    existing = target.find_vm(recipe.name)
     if existing is not None:
         if not options.replace:
-            raise ImgbuildError(f"a VM named {recipe.name} already exists on {target.name}",
-                                detail=f"remove it with: imgbuild destroy {recipe.name} (or pass --replace)")
-        progress.step(f"replacing the earlier VM {recipe.name}")
+            raise ImgbuildError(f"a VM named {recipe.name} already exists on {target.name} and is not up to date",
+                                detail=f"remove it with: imgbuild destroy {recipe.name} (or drop --no-replace)")
+        progress.step(f"replacing the earlier VM {recipe.name} (built from other inputs)")
         target.destroy(existing)
     cdroms: tuple[Staged | None, ...] = (built.staged["seed"],)
     if method == "installer":
         cdroms = (built.staged["installer"], built.staged["seed"])
-    spec = specs.vm_spec(recipe, disk_source=disk_source, cdroms=cdroms)
+    spec = replace(specs.vm_spec(recipe, disk_source=built.staged.get("image"), cdroms=cdroms), inputs=inputs)
     return target.create_vm(spec, progress=progress)
 
 
@@ -234,32 +261,39 @@ def forget_seed(target: Target, vm: VM, built: Built, progress: Progress) -> Non
     progress.step("seed ISO detached and removed from the target")
 
 
-def settle(target: Target, vm: VM | None, built: Built | None, *, ok: bool, options: MakeOptions,
+def settle(target: Target, vm: VM | None, built: Built | None, *, created: bool, ok: bool, options: MakeOptions,
            report: Report, progress: Progress) -> None:
-    """Leave things as promised: a verified VM shut down (or running with --keep); after a failure, the VM
-    destroyed and the seed ISO removed from the target, unless --keep-on-failure."""
+    """Leave things as promised. Success: the VM shut down cleanly, or running with --keep. Failure (unless
+    --keep-on-failure): a VM this run created is destroyed and its seed ISO removed from the target; a VM this
+    run only re-verified (it was up to date) is shut down, never destroyed."""
     try:
         if ok:
             if vm is not None and options.keep:
                 report.vm["state"] = "running"
             elif vm is not None:
-                progress.step("shutting the VM down")
-                start = time.monotonic()
-                target.shutdown(vm)
-                report.vm["state"] = "shut down"
-                report.vm["shutdown_seconds"] = round(time.monotonic() - start, 2)
+                _shutdown(target, vm, report, progress)
             return
         if options.keep_on_failure:
             if vm is not None:
                 report.vm["state"] = "kept after failure"
                 progress.note(f"keeping the failed VM for inspection; remove it with: imgbuild destroy {vm.name}")
             return
-        if vm is not None:
+        if vm is not None and created:
             target.destroy(vm)
             report.vm["state"] = "destroyed after failure"
+        elif vm is not None:
+            _shutdown(target, vm, report, progress)
         seed = built.staged.get("seed") if built else None
         if seed is not None:
             target.unstage(seed)
     except ImgbuildError as exc:
         report.vm["state"] = f"cleanup failed: {exc.message}"
         progress.note(f"warning: cleanup after {'success' if ok else 'failure'} did not finish: {exc.message}")
+
+
+def _shutdown(target: Target, vm: VM, report: Report, progress: Progress) -> None:
+    progress.step("shutting the VM down")
+    start = time.monotonic()
+    target.shutdown(vm)
+    report.vm["state"] = "shut down"
+    report.vm["shutdown_seconds"] = round(time.monotonic() - start, 2)

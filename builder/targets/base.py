@@ -75,6 +75,9 @@ class VMSpec:
     guest_ports: tuple[int, ...] = (22,)  # TCP ports the pipeline will need to reach
     description: str = ""
     vmid: int | None = None  # PVE only: requested id (None: next free)
+    # Content key of everything the VM was built from (seed, disk image, installer, hardware). Targets keep it
+    # with the VM so a later make of an unchanged recipe can tell the VM is up to date (built_from).
+    inputs: str = ""
 
 
 @dataclass
@@ -115,6 +118,13 @@ class Target(abc.ABC):
     @abc.abstractmethod
     def find_vm(self, name: str) -> VM | None:
         """The VM of that name left by an earlier run (``make --keep``), if any."""
+
+    def built_from(self, vm: VM) -> str | None:
+        """The ``VMSpec.inputs`` key *vm* was created with (None when unknown)."""
+        return vm.data.get("inputs") or None
+
+    def is_template(self, vm: VM) -> bool:
+        return bool(vm.data.get("template"))
 
     @abc.abstractmethod
     def start(self, vm: VM) -> None: ...

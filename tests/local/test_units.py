@@ -33,6 +33,12 @@ def test_static_network_gets_a_matching_slirp_subnet() -> None:
     assert "hostfwd=tcp:127.0.0.1:40080-192.168.1.250:80" in opts
 
 
+def test_dns_on_the_gateway_moves_the_host_side() -> None:
+    """A home-router recipe (DNS = gateway): slirp serves DNS on the gateway's address, the host on another."""
+    net = slirp_for(GuestNetwork("static", "192.168.1.250/24", "192.168.1.1", ("192.168.1.1",)))
+    assert (net.net, net.dns, net.host, net.guest) == ("192.168.1.0/24", "192.168.1.1", "192.168.1.2", "192.168.1.250")
+
+
 def test_dns_outside_the_subnet_gets_slirps_own_forwarder() -> None:
     net = slirp_for(GuestNetwork("static", "10.9.8.7/16", "10.9.0.1", ("1.1.1.1",)))
     assert net.net == "10.9.0.0/16" and net.host == "10.9.0.1" and net.dns == "10.9.0.3"

@@ -52,6 +52,17 @@ def test_verify_again(imgbuild, made) -> None:
     assert all(c["ok"] for c in json.loads(result.stdout))
 
 
+def test_make_again_finds_the_vm_up_to_date(imgbuild, made) -> None:
+    """An unchanged recipe: nothing is built, staged or created; the VM is verified again, then shut down."""
+    result = imgbuild("make", "web-server")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = imgbuild.report("web-server")
+    assert [s["name"] for s in report["stages"]] == ["render", "build", "image", "reuse", "boot", "verify"]
+    assert report["cache"]["image"]["reused"] is True and report["vm"]["reused"] is True
+    assert "staged" not in report["cache"] and report["ok"] and report["vm"]["state"] == "shut down"
+    assert "is up to date on local" in result.stderr
+
+
 def test_identity_survives_a_reboot_without_the_seed(imgbuild, made) -> None:
     """make removed the seed ISO (it holds the private host key); a cold boot must keep address and key."""
     from builder.targets.local import LocalTarget
@@ -59,8 +70,7 @@ def test_identity_survives_a_reboot_without_the_seed(imgbuild, made) -> None:
     target = LocalTarget(imgbuild.out)
     vm = target.find_vm("web-server")
     assert vm is not None and not any(vm.data.get("cdroms", [None])), vm.data.get("cdroms")
-    target.shutdown(vm)
-    assert not target.is_running(vm)
+    assert not target.is_running(vm)  # shut down by the make above
     result = imgbuild("verify", "--json", "web-server")  # starts it again
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     checks = {c["check"]: c for c in json.loads(result.stdout)}

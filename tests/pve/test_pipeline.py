@@ -51,7 +51,7 @@ def stubbed(monkeypatch: pytest.MonkeyPatch, small_qcow2: Path) -> list[str]:
         checked.append(f"{vm.name}@{address}")
         return [Outcome("ssh", True, "login", f"stub: {address}")]
 
-    monkeypatch.setattr("builder.image.build.build_golden_image", golden)
+    monkeypatch.setattr(make_module, "build_golden_image", golden)
     monkeypatch.setattr(make_module, "verify", fake_verify)
     monkeypatch.setattr("builder.cli.commands.clone_cmd.verify", fake_verify)
     monkeypatch.setattr(make_module, "ADDRESS_TIMEOUT", 3.0)
@@ -77,13 +77,22 @@ def test_make_uploads_creates_verifies_and_forgets_the_seed(target: PveTarget, p
     first = [r.params["filename"] for r in uploads_in(pve_sim)]
     assert len(first) == 2 and first[0].endswith(".qcow2")
 
-    # A second make of the unchanged recipe: the golden image is already there. Only the seed goes up
-    # again: it holds the guest's private host key, so the first run deleted it after verification.
+    # A second make of the unchanged recipe uploads nothing and creates nothing: the VM records the inputs it
+    # was built from, so it is started (without the seed, which the first run deleted) and verified again.
     again = make(web_server, tmp_path / "out", target, MakeOptions())
-    assert again.ok
+    assert again.ok and again.vm["reused"] is True
+    assert [r.params["filename"] for r in uploads_in(pve_sim)] == first  # no upload at all
+    assert pve_sim.vm_ids() == [vmid] and "reuse" in [s.name for s in again.stages]
+    assert not pve_sim.requests_matching("POST", r"/nodes/pve/qemu$")[1:]  # created once only
+    assert stubbed == ["web-server@192.168.1.250"] * 2
+
+    # --rebuild: a new VM. The golden image is already there; only the seed goes up again (it holds the
+    # guest's private host key, so the first run deleted it after verification).
+    rebuilt = make(web_server, tmp_path / "out", target, MakeOptions(rebuild=True))
+    assert rebuilt.ok and rebuilt.vm["reused"] is False
     second = [r.params["filename"] for r in uploads_in(pve_sim)][len(first):]
     assert second == [first[1]]  # byte-identical seed, same content-addressed name; no image upload
-    assert again.cache["staged"]["image"]["uploaded"] is False
+    assert rebuilt.cache["staged"]["image"]["uploaded"] is False
     assert len(pve_sim.vm_ids()) == 1  # the earlier VM was replaced
 
 

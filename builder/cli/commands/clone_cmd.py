@@ -148,7 +148,8 @@ def clone(recipe: Recipe, name: str, out_root: Path, target: Target, *, ip: str 
     else:
         report.finish(True)
     finally:
-        settle(target, vm, built, ok=ok, options=options, report=report, progress=progress)
+        settle(target, vm, built, created=vm is not None, ok=ok, options=options, report=report,
+               progress=progress)
         report.write(out_dir / "report.json")
     return report
 

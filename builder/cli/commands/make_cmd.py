@@ -17,7 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("make", help="build, boot and verify a VM from a recipe",
                        description="Run the whole job for RECIPE: render -> build -> image -> boot -> verify. "
                                    "Writes OUT/NAME/report.json and exits non-zero if any check failed. "
-                                   "By default the verified VM is shut down cleanly; --keep leaves it running.")
+                                   "By default the verified VM is shut down cleanly; --keep leaves it running. "
+                                   "Like make(1), an existing VM built from the same inputs (seed, image, "
+                                   "installer, hardware) is not rebuilt: it is started and verified again; "
+                                   "--rebuild makes a new one.")
     p.add_argument("recipe", metavar="RECIPE")
     p.add_argument("--method", choices=("image", "installer"),
                    help="override the recipe's install.method (image: golden image + cloud-init; "
@@ -25,8 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep", action="store_true", help="leave the VM running and print how to reach it")
     p.add_argument("--keep-on-failure", action="store_true",
                    help="after a failure, leave the VM (and uploaded media) for inspection")
+    p.add_argument("--rebuild", action="store_true",
+                   help="make a new VM even when the existing one is up to date (built from the same inputs)")
     p.add_argument("--no-replace", dest="replace", action="store_false",
-                   help="fail instead of replacing an existing VM of the same name")
+                   help="fail instead of replacing an existing VM of the same name that is not up to date")
     add_target_options(p)
     p.set_defaults(func=run)
 
@@ -35,7 +40,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, ctx.recipes_dir)
     target = open_target(args.target, ctx.out_dir, accel=args.accel, insecure=args.insecure)
     options = MakeOptions(method=args.method, keep=args.keep, keep_on_failure=args.keep_on_failure,
-                          replace=args.replace)
+                          replace=args.replace, rebuild=args.rebuild)
     progress = ConsoleProgress()
     report_path = ctx.out_dir / recipe.name / "report.json"
     try:

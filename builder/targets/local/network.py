@@ -54,25 +54,31 @@ def slirp_for(network: GuestNetwork) -> SlirpNet:
     if net.num_addresses < 8:
         raise InvalidInput(f"network {net} is too small for a user-mode network (need room for router, DNS and guest)")
     guest = iface.ip
-    taken = {guest}
+    gateway = None
     if network.gateway:
-        host = ipaddress.ip_address(network.gateway)
-        if host not in net:
+        gateway = ipaddress.ip_address(network.gateway)
+        if gateway not in net:
             raise InvalidInput(f"gateway {network.gateway} is outside {net}")
-        if host == guest:
+        if gateway == guest:
             raise InvalidInput(f"gateway {network.gateway} is the guest's own address")
-    else:
-        host = _free_in(net, taken, prefer=2)
-    taken.add(host)
     dns = None
     for ns in network.nameservers:
         try:
             addr = ipaddress.ip_address(ns)
         except ValueError:
             continue
-        if addr in net and addr not in taken:
+        if addr in net and addr != guest:
             dns = addr
             break
+    taken = {guest} | ({dns} if dns else set())
+    if gateway is not None and gateway != dns:
+        host = gateway
+    else:
+        # No gateway, or the recipe's DNS server is its gateway (a home router): slirp cannot answer DNS on
+        # its own host address ("DNS must be different from host"), so DNS takes the gateway's address and
+        # the host side another one. The guest still routes through the gateway: slirp answers for both.
+        host = _free_in(net, taken, prefer=2)
+    taken.add(host)
     if dns is None:
         dns = _free_in(net, taken, prefer=3)
     return SlirpNet(str(net), str(host), str(dns), str(guest))

@@ -167,6 +167,7 @@ class LocalTarget(Target):
             "pid": None,
             "accel": None,
             "template": False,
+            "inputs": spec.inputs,
             "template_of": None,
             "linked_clones": [],
         }

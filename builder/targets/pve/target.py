@@ -205,7 +205,7 @@ class PveTarget(Target):
         vmid = int(found[0]["vmid"])
         config = self.client.get(f"{self._qemu(vmid)}/config") or {}
         return self._vm(name, vmid, tags=sorted(vmconfig.tags_of(config)),
-                        template=bool(int(config.get("template") or 0)))
+                        template=bool(int(config.get("template") or 0)), inputs=vmconfig.inputs_of(config))
 
     def _ours(self, vm: VM) -> None:
         tags = vm.data.get("tags")

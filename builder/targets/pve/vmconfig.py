@@ -109,8 +109,11 @@ def create_params(spec: VMSpec, *, vmid: int, disk_storage: str) -> dict[str, An
         "bios": spec.bios,
         "tags": TAG,
     }
-    if spec.description:
-        params["description"] = spec.description[:8000]
+    description = spec.description[:7900]
+    if spec.inputs:
+        description += f"\n{INPUTS_PREFIX}{spec.inputs}"
+    if description.strip():
+        params["description"] = description.strip()
     if spec.bios == "ovmf":
         params["efidisk0"] = f"{disk_storage}:1,efitype=4m,pre-enrolled-keys=0"
     if any(d.bus == "scsi" for d in spec.disks):
@@ -187,6 +190,17 @@ def drive_size_bytes(value: str) -> int | None:
         return None
     mult = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}[m.group(2)]
     return int(float(m.group(1)) * mult)
+
+
+INPUTS_PREFIX = "imgbuild-inputs: "
+
+
+def inputs_of(config: dict[str, Any]) -> str | None:
+    """The inputs key imgbuild wrote into the VM's description, if any."""
+    for line in str(config.get("description") or "").splitlines():
+        if line.startswith(INPUTS_PREFIX):
+            return line[len(INPUTS_PREFIX):].strip() or None
+    return None
 
 
 def tags_of(config: dict[str, Any]) -> set[str]:
