@@ -38,3 +38,28 @@ def sha256_file(path: Path, bufsize: int = 1 << 20) -> str:
         while chunk := fh.read(bufsize):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+HASH_INDEX_ABOVE = 64 << 20  # smaller files are hashed every time: cheaper than the index
+
+
+def cached_sha256(path: Path) -> str:
+    """sha256 of *path*, remembered by (path, size, mtime, inode) so a multi-GiB image is hashed once."""
+    from builder.fsutil import write_atomic
+
+    st = path.stat()
+    if st.st_size < HASH_INDEX_ABOVE:
+        return sha256_file(path)
+    key = f"{path}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+    index_file = cache_dir() / "sha256-index.json"
+    try:
+        index = json.loads(index_file.read_text())
+    except (OSError, ValueError):
+        index = {}
+    if key in index:
+        return str(index[key])
+    digest = sha256_file(path)
+    index = {k: v for k, v in index.items() if not k.startswith(f"{path}:")}
+    index[key] = digest
+    write_atomic(index_file, json.dumps(index, indent=0, sort_keys=True) + "\n")
+    return digest

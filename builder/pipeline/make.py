@@ -5,8 +5,10 @@ Reads like the recipe it runs: each step is a verb-named function, timed as a st
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -57,8 +59,11 @@ def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
     vm: VM | None = None
     built: Built | None = None
     created = False
-    ok = False
-    try:
+
+    def leave(ok: bool) -> None:
+        settle(target, vm, built, created=created, ok=ok, options=options, report=report, progress=progress)
+
+    with reported(report, out_dir / "report.json", leave):
         with stages.stage("render"):
             rendered = render_recipe(recipe, out_root)
         with stages.stage("build"):
@@ -91,18 +96,16 @@ def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
         with stages.stage("boot"):
             address = boot(recipe, target, vm, progress)
             report.vm["address"] = address
-        with stages.stage("verify") as record:
-            outcomes = verify(recipe, rendered.known_hosts, rendered.admin_key, target, vm, address, out_dir,
-                              progress)
-            report.checks = [o.as_dict() for o in outcomes]
-            failed = [o for o in outcomes if not o.ok]
-            if failed:
-                record.detail = f"{len(failed)} of {len(outcomes)} checks failed"
-                raise CheckFailed(f"{len(failed)} check(s) failed: {', '.join(o.check for o in failed)}",
-                                  detail="\n".join(o.line() for o in failed))
-        report.access = access_info(recipe, rendered, target, vm, address)
+        verify_stage(stages, recipe, rendered, target, vm, address, out_dir)
         forget_seed(target, vm, built, progress)
-        ok = True
+    return report
+
+
+@contextlib.contextmanager
+def reported(report: Report, path: Path, leave: Callable[[bool], None]) -> Iterator[None]:
+    """Run a job's stages; whatever happens, finish the report, leave the VM as promised, write the report."""
+    try:
+        yield
     except ImgbuildError as exc:
         report.finish(False, exc.message)
         raise
@@ -112,9 +115,24 @@ def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
     else:
         report.finish(True)
     finally:
-        settle(target, vm, built, created=created, ok=ok, options=options, report=report, progress=progress)
-        report.write(out_dir / "report.json")
-    return report
+        leave(report.ok)
+        report.write(path)
+
+
+def verify_stage(stages: Stages, recipe: Recipe, rendered: Rendered, target: Target, vm: VM, address: str,
+                 out_dir: Path) -> None:
+    """The recipe's checks as the ``verify`` stage; any failed check fails the job (CheckFailed)."""
+    report = stages.report
+    with stages.stage("verify") as record:
+        outcomes = verify(recipe, rendered.known_hosts, rendered.admin_key, target, vm, address, out_dir,
+                          stages.progress)
+        report.checks = [o.as_dict() for o in outcomes]
+        failed = [o for o in outcomes if not o.ok]
+        if failed:
+            record.detail = f"{len(failed)} of {len(outcomes)} checks failed"
+            raise CheckFailed(f"{len(failed)} check(s) failed: {', '.join(o.check for o in failed)}",
+                              detail="\n".join(o.line() for o in failed))
+    report.access = access_info(recipe, rendered, target, vm, address)
 
 
 # --- steps -----------------------------------------------------------------------------------------

@@ -215,7 +215,7 @@ def _network_problems(net: dict[str, Any]) -> list[tuple[FieldPath, str]]:
     if mode == "static":
         for field in ("address", "gateway"):
             if net.get(field) is None:
-                found.append((("network", field), f"required when network.mode is static"))
+                found.append((("network", field), "required when network.mode is static"))
     if mode == "dhcp":
         for field in ("address", "gateway"):
             if net.get(field) is not None:

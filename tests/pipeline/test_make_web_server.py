@@ -71,7 +71,7 @@ def test_identity_survives_a_reboot_without_the_seed(imgbuild, made) -> None:
     vm = target.find_vm("web-server")
     assert vm is not None and not any(vm.data.get("cdroms", [None])), vm.data.get("cdroms")
     assert not target.is_running(vm)  # shut down by the make above
-    result = imgbuild("verify", "--json", "web-server")  # starts it again
+    result = imgbuild("verify", "--json", "--keep", "web-server")  # starts it again, and keeps it running
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     checks = {c["check"]: c for c in json.loads(result.stdout)}
     assert checks["ssh"]["ok"] and "192.168.1.250/24" in checks["ssh"]["seen"]

@@ -53,7 +53,6 @@ def stubbed(monkeypatch: pytest.MonkeyPatch, small_qcow2: Path) -> list[str]:
 
     monkeypatch.setattr(make_module, "build_golden_image", golden)
     monkeypatch.setattr(make_module, "verify", fake_verify)
-    monkeypatch.setattr("builder.cli.commands.clone_cmd.verify", fake_verify)
     monkeypatch.setattr(make_module, "ADDRESS_TIMEOUT", 3.0)
     return checked
 

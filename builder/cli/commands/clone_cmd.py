@@ -17,8 +17,17 @@ from pathlib import Path
 
 from builder.cli.context import Context
 from builder.errors import CheckFailed, ImgbuildError, InvalidInput
-from builder.pipeline.make import Built, MakeOptions, access_info, boot, build_artifacts, forget_seed, settle, \
-    stage_media, verify
+from builder.pipeline.make import (
+    Built,
+    MakeOptions,
+    boot,
+    build_artifacts,
+    forget_seed,
+    reported,
+    settle,
+    stage_media,
+    verify_stage,
+)
 from builder.pipeline import specs
 from builder.pipeline.report import Report
 from builder.pipeline.stages import Stages
@@ -102,8 +111,12 @@ def clone(recipe: Recipe, name: str, out_root: Path, target: Target, *, ip: str 
     out_dir = out_root / name
     vm: VM | None = None
     built: Built | None = None
-    ok = False
-    try:
+
+    def leave(ok: bool) -> None:
+        settle(target, vm, built, created=vm is not None, ok=ok, options=options, report=report,
+               progress=progress)
+
+    with reported(report, out_dir / "report.json", leave):
         with stages.stage("find"):
             source = target.find_vm(recipe.name)
             if source is None:
@@ -127,30 +140,8 @@ def clone(recipe: Recipe, name: str, out_root: Path, target: Target, *, ip: str 
         with stages.stage("boot"):
             address = boot(derived, target, vm, progress)
             report.vm["address"] = address
-        with stages.stage("verify") as record:
-            outcomes = verify(derived, rendered.known_hosts, rendered.admin_key, target, vm, address, out_dir,
-                              progress)
-            report.checks = [o.as_dict() for o in outcomes]
-            failed = [o for o in outcomes if not o.ok]
-            if failed:
-                record.detail = f"{len(failed)} of {len(outcomes)} checks failed"
-                raise CheckFailed(f"{len(failed)} check(s) failed: {', '.join(o.check for o in failed)}",
-                                  detail="\n".join(o.line() for o in failed))
-        report.access = access_info(derived, rendered, target, vm, address)
+        verify_stage(stages, derived, rendered, target, vm, address, out_dir)
         forget_seed(target, vm, built, progress)
-        ok = True
-    except ImgbuildError as exc:
-        report.finish(False, exc.message)
-        raise
-    except BaseException as exc:
-        report.finish(False, f"{type(exc).__name__}: {exc}")
-        raise
-    else:
-        report.finish(True)
-    finally:
-        settle(target, vm, built, created=vm is not None, ok=ok, options=options, report=report,
-               progress=progress)
-        report.write(out_dir / "report.json")
     return report
 
 

@@ -15,9 +15,11 @@ from builder.targets.select import add_target_options, open_target
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("verify", help="run a recipe's checks against its running VM",
-                       description="Find RECIPE's VM on the target (start it if it is stopped), read its address "
-                                   "from the guest agent and run the recipe's checks.")
+                       description="Find RECIPE's VM on the target, read its address from the guest agent and run "
+                                   "the recipe's checks. A stopped VM is started for the checks and shut down again "
+                                   "afterwards (unless --keep).")
     p.add_argument("recipe", metavar="RECIPE")
+    p.add_argument("--keep", action="store_true", help="leave the VM running if verify had to start it")
     p.add_argument("--json", action="store_true", help="print JSON")
     add_target_options(p)
     p.set_defaults(func=run)
@@ -30,13 +32,18 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     if vm is None:
         raise ImgbuildError(f"no VM named {recipe.name} on {target.name}",
                             detail=f"create one with: imgbuild make {recipe.name} --keep")
-    if not target.is_running(vm):
+    started = not target.is_running(vm)
+    if started:
         target.start(vm)
-    known_hosts, admin_key = login_material(recipe, ctx.out_dir)  # as rendered by make: never rewritten here
-    addresses = target.guest_addresses(vm, timeout=ADDRESS_TIMEOUT)
-    address = recipe.network.ip if recipe.network.ip in addresses else addresses[0]
-    outcomes = verify(recipe, known_hosts, admin_key, target, vm, address, ctx.out_dir / recipe.name,
-                      ConsoleProgress())
+    try:
+        known_hosts, admin_key = login_material(recipe, ctx.out_dir)  # as make left them: never rewritten here
+        addresses = target.guest_addresses(vm, timeout=ADDRESS_TIMEOUT)
+        address = recipe.network.ip if recipe.network.ip in addresses else addresses[0]
+        outcomes = verify(recipe, known_hosts, admin_key, target, vm, address, ctx.out_dir / recipe.name,
+                          ConsoleProgress())
+    finally:
+        if started and not args.keep:
+            target.shutdown(vm)
     ctx.out.data([o.as_dict() for o in outcomes])
     for o in outcomes:
         ctx.out.text(o.line())

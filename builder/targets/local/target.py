@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from builder.cachedir import cache_dir, sha256_file
+from builder.cachedir import cached_sha256
 from builder.errors import CommandFailed, ImgbuildError, InvalidInput
 from builder.fsutil import write_atomic
 from builder.progress import NullProgress, Progress
@@ -70,7 +70,7 @@ class LocalTarget(Target):
         path = Path(path).resolve()
         if not path.is_file():
             raise ImgbuildError(f"cannot stage {path}: no such file")
-        digest = _cached_sha256(path)
+        digest = cached_sha256(path)
         size = path.stat().st_size
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", label)[:60] or kind
         suffix = ".iso" if kind == "iso" else ".qcow2"
@@ -566,24 +566,6 @@ def _socket_dir(vmdir: Path) -> Path:
 def _virtual_size(image: Path) -> int:
     out = run(["qemu-img", "info", "--output=json", "-U", image]).stdout
     return int(json.loads(out)["virtual-size"])
-
-
-def _cached_sha256(path: Path) -> str:
-    """sha256 of *path*, remembered by (path, size, mtime, inode) so a 1 GiB image is hashed once."""
-    st = path.stat()
-    key = f"{path}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
-    index_file = cache_dir("local") / "sha256-index.json"
-    try:
-        index = json.loads(index_file.read_text())
-    except (OSError, ValueError):
-        index = {}
-    if key in index:
-        return index[key]
-    digest = sha256_file(path)
-    index = {k: v for k, v in index.items() if not k.startswith(f"{path}:")}
-    index[key] = digest
-    write_atomic(index_file, json.dumps(index, indent=0, sort_keys=True) + "\n")
-    return digest
 
 
 def _jsonable(data: object) -> object:

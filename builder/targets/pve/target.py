@@ -25,7 +25,8 @@ from builder.targets.local.agent import usable_addresses
 from builder.targets.pve import vmconfig
 from builder.targets.pve.client import PveClient, PveError, volume_path
 from builder.targets.pve.jump import JumpHost
-from builder.targets.pve.upload import Uploader, cached_sha256, reported_size, upload_name
+from builder.cachedir import cached_sha256
+from builder.targets.pve.upload import Uploader, reported_size, upload_name
 
 log = logging.getLogger(__name__)
 

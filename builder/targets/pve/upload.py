@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import io
-import json
 import logging
 import re
 import struct
@@ -29,9 +28,7 @@ from typing import Any
 import requests
 from requests_toolbelt import MultipartEncoder
 
-from builder.cachedir import cache_dir, sha256_file
 from builder.errors import ImgbuildError
-from builder.fsutil import write_atomic
 from builder.progress import NullProgress, Progress
 from builder.targets.pve.client import PveClient, PveError, read_json_response, volume_path
 
@@ -67,29 +64,6 @@ def qcow2_virtual_size(path: Path) -> int | None:
     if len(head) < 32 or head[:4] != b"QFI\xfb":
         return None
     return int(struct.unpack(">Q", head[24:32])[0])
-
-
-CACHE_HASH_ABOVE = 64 << 20
-
-
-def cached_sha256(path: Path) -> str:
-    """sha256 of *path*, remembered by (path, size, mtime, inode): a multi-GiB image is hashed once."""
-    st = path.stat()
-    if st.st_size < CACHE_HASH_ABOVE:
-        return sha256_file(path)
-    key = f"{path}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
-    index_file = cache_dir("pve") / "sha256-index.json"
-    try:
-        index = json.loads(index_file.read_text())
-    except (OSError, ValueError):
-        index = {}
-    if key in index:
-        return str(index[key])
-    digest = sha256_file(path)
-    index = {k: v for k, v in index.items() if not k.startswith(f"{path}:")}
-    index[key] = digest
-    write_atomic(index_file, json.dumps(index, indent=0, sort_keys=True) + "\n")
-    return digest
 
 
 def reported_size(path: Path, content: str) -> int:
