@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import re
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 from builder.cli.context import Context
-from builder.errors import CheckFailed, ImgbuildError, InvalidInput
+from builder.cli.jobs import print_summary, run_job
+from builder.errors import ImgbuildError, InvalidInput
 from builder.pipeline.make import (
     Built,
     MakeOptions,
@@ -153,20 +153,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     if recipe.network.is_static and args.ip is None:
         progress.note(f"warning: no --ip given: the clone uses {recipe.name}'s address {recipe.network.address}")
     report_path = ctx.out_dir / args.name / "report.json"
-    try:
-        report = clone(recipe, args.name, ctx.out_dir, target, ip=args.ip, linked=args.linked, options=options,
-                       progress=progress)
-    except CheckFailed:
-        print(f"imgbuild: report: {report_path}", file=sys.stderr)
-        raise
-    print(f"{args.name}: {report.method} of {recipe.name} verified on {target.name} in {report.seconds:.0f}s "
-          f"({sum(c['ok'] for c in report.checks)}/{len(report.checks)} checks passed)")
-    print(f"  report: {report_path}")
-    if args.keep:
-        print(f"  the clone is running; reach it with:\n    {report.access['ssh']}")
-        for url in report.access.get("urls", []):
-            print(f"    {url}")
-        print(f"  remove it with: imgbuild destroy {args.name}")
-    else:
-        print(f"  the clone was shut down cleanly (state: {report.vm.get('state', '?')})")
+    report = run_job(lambda: clone(recipe, args.name, ctx.out_dir, target, ip=args.ip, linked=args.linked,
+                                   options=options, progress=progress), report_path)
+    print_summary(report, args.name, report_path, keep=args.keep, what=f"{report.method} of {recipe.name}")
     return 0

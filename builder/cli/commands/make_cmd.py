@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from builder.cli.context import Context
-from builder.errors import CheckFailed
+from builder.cli.jobs import print_summary, run_job
 from builder.pipeline.make import MakeOptions, make
 from builder.progress import ConsoleProgress
 from builder.recipe import load_recipe
@@ -41,21 +40,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     target = open_target(args.target, ctx.out_dir, accel=args.accel, insecure=args.insecure)
     options = MakeOptions(method=args.method, keep=args.keep, keep_on_failure=args.keep_on_failure,
                           replace=args.replace, rebuild=args.rebuild)
-    progress = ConsoleProgress()
     report_path = ctx.out_dir / recipe.name / "report.json"
-    try:
-        report = make(recipe, ctx.out_dir, target, options, progress)
-    except CheckFailed:
-        print(f"imgbuild: report: {report_path}", file=sys.stderr)
-        raise
-    print(f"{recipe.name}: verified on {target.name} in {report.seconds:.0f}s "
-          f"({sum(c['ok'] for c in report.checks)}/{len(report.checks)} checks passed)")
-    print(f"  report: {report_path}")
-    if args.keep:
-        print(f"  the VM is running; reach it with:\n    {report.access['ssh']}")
-        for url in report.access.get("urls", []):
-            print(f"    {url}")
-        print(f"  remove it with: imgbuild destroy {recipe.name}")
-    else:
-        print(f"  the VM was shut down cleanly (state: {report.vm.get('state', '?')})")
+    report = run_job(lambda: make(recipe, ctx.out_dir, target, options, ConsoleProgress()), report_path)
+    print_summary(report, recipe.name, report_path, keep=args.keep)
     return 0

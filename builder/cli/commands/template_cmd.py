@@ -7,6 +7,7 @@ import argparse
 from builder.cli.context import Context
 from builder.errors import ImgbuildError
 from builder.recipe import load_recipe
+from builder.cli.jobs import require_vm
 from builder.targets.select import add_target_options, open_target
 
 
@@ -23,10 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(ctx: Context, args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, ctx.recipes_dir)
     target = open_target(args.target, ctx.out_dir, accel=args.accel, insecure=args.insecure)
-    vm = target.find_vm(recipe.name)
-    if vm is None:
-        raise ImgbuildError(f"no VM named {recipe.name} on {target.name}",
-                            detail=f"build and verify it first: imgbuild make {recipe.name}")
+    vm = require_vm(target, recipe.name, hint=f"build and verify it first: imgbuild make {recipe.name}")
     if target.is_running(vm):
         raise ImgbuildError(f"{recipe.name} is running on {target.name}; a template is made from a shut-down VM",
                             detail="shut it down first (make shuts it down unless --keep was given)")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 
 from builder.cli.context import Context
-from builder.errors import CheckFailed, ImgbuildError
+from builder.errors import CheckFailed
 from builder.pipeline.make import ADDRESS_TIMEOUT, verify
 from builder.progress import ConsoleProgress
 from builder.recipe import load_recipe
 from builder.render.write import login_material
+from builder.cli.jobs import require_vm
 from builder.targets.select import add_target_options, open_target
 
 
@@ -28,10 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(ctx: Context, args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, ctx.recipes_dir)
     target = open_target(args.target, ctx.out_dir, accel=args.accel, insecure=args.insecure)
-    vm = target.find_vm(recipe.name)
-    if vm is None:
-        raise ImgbuildError(f"no VM named {recipe.name} on {target.name}",
-                            detail=f"create one with: imgbuild make {recipe.name} --keep")
+    vm = require_vm(target, recipe.name, hint=f"create one with: imgbuild make {recipe.name} --keep")
     started = not target.is_running(vm)
     if started:
         target.start(vm)
