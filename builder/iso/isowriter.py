@@ -335,7 +335,8 @@ class IsoBuilder:
                     )
                 if boot is not None:
                     self._add_boot(iso, boot, file_iso)
-                with atomic_output(dest) as out:
+                # 0600: a seed ISO holds the guest's private host key, an installer ISO the password hashes.
+                with atomic_output(dest, mode=0o600) as out:
                     iso.write_fp(out, blocksize=1 << 20, progress_cb=report)
         except pycdlib.pycdlibexception.PyCdlibException as exc:
             raise ImgbuildError(f"cannot build {dest.name}: {exc}") from exc
