@@ -50,15 +50,22 @@ def image_path(spec: ImageSpec) -> Path:
     return cache_dir("images") / f"{spec.release}-{spec.bios}-{image_key(spec)[:24]}.qcow2"
 
 
-def build_golden_image(spec: ImageSpec, *, progress: Progress = NullProgress()) -> GoldenImage:
+def build_golden_image(spec: ImageSpec, *, refresh: bool = False,
+                       progress: Progress = NullProgress()) -> GoldenImage:
+    """The cached image for *spec*, built first when there is none.
+
+    ``refresh`` builds it again from the mirror's current packages (security updates) even when one is
+    cached; the new image replaces the cached one by rename, so VMs and staged copies that hold the old
+    file (hard links, open files) keep their bytes.
+    """
     key = image_key(spec)
     final = image_path(spec)
-    if final.exists():
+    if final.exists() and not refresh:
         progress.step(f"image: reusing {final.name}")
         return GoldenImage(final, key, cached=True)
     _require_build_environment(spec)
     with _lock(final.with_name(f".{final.stem}.lock")):
-        if final.exists():  # another process finished it while we waited
+        if final.exists() and not refresh:  # another process finished it while we waited
             return GoldenImage(final, key, cached=True)
         _remove_stale_builds(final)
         work = Path(tempfile.mkdtemp(prefix=f".build-{final.stem}-", dir=final.parent))

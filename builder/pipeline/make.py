@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from builder.cachedir import content_key, sha256_file
+from builder.cachedir import cached_sha256, content_key, sha256_file
 from builder.errors import CheckFailed, ImgbuildError
 from builder.fsutil import write_atomic
 from builder.image.build import GoldenImage, build_golden_image
@@ -39,6 +39,7 @@ class MakeOptions:
     keep_on_failure: bool = False  # leave a failed VM (and its uploads) for inspection
     replace: bool = True  # replace an existing VM of the same name (when it is not up to date)
     rebuild: bool = False  # a new VM even when the existing one was built from the same inputs
+    refresh_image: bool = False  # build the golden image again from the mirror's current packages
 
 
 @dataclass
@@ -70,7 +71,7 @@ def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
             built = build_artifacts(recipe, rendered, target, method, report, progress)
         if method == "image":
             with stages.stage("image"):
-                built.golden = prepare_image(recipe, report, progress)
+                built.golden = prepare_image(recipe, report, progress, refresh=options.refresh_image)
         inputs = inputs_key(recipe, built, method)
         existing = target.find_vm(recipe.name)
         if existing is not None and target.is_template(existing):
@@ -169,9 +170,10 @@ def build_artifacts(recipe: Recipe, rendered: Rendered, target: Target, method: 
     return Built(rendered, seed)
 
 
-def prepare_image(recipe: Recipe, report: Report, progress: Progress) -> GoldenImage:
-    golden = build_golden_image(specs.image_spec(recipe), progress=progress)
-    report.cache["image"] = {"path": str(golden.path), "key": golden.key, "reused": golden.cached}
+def prepare_image(recipe: Recipe, report: Report, progress: Progress, *, refresh: bool = False) -> GoldenImage:
+    golden = build_golden_image(specs.image_spec(recipe), refresh=refresh, progress=progress)
+    report.cache["image"] = {"path": str(golden.path), "key": golden.key, "reused": golden.cached,
+                             "sha256": cached_sha256(golden.path)}
     progress.note(f"golden image {'reused' if golden.cached else 'built'}: {golden.path}")
     return golden
 
@@ -183,7 +185,8 @@ def inputs_key(recipe: Recipe, built: Built, method: str) -> str:
         "method": method,
         "seed": sha256_file(built.seed),
         "installer": sha256_file(built.installer) if built.installer else None,
-        "image": built.golden.key if built.golden else None,
+        # the image's bytes, not its spec: a refreshed image (same spec, newer packages) makes a new VM
+        "image": cached_sha256(built.golden.path) if built.golden else None,
         "vm": asdict(spec),
     })
 

@@ -48,3 +48,26 @@ def test_a_killed_builds_leftovers_are_removed_and_the_image_renamed_into_place(
     image = build_mod.build_golden_image(SPEC)
     assert image.path == final and not image.cached
     assert build_mod.build_golden_image(SPEC).cached
+
+
+def test_refresh_builds_again_and_leaves_the_old_bytes_to_their_holders(
+    cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    builds: list[int] = []
+
+    def fake(spec, key, work: Path, final: Path, progress) -> None:
+        builds.append(1)
+        part = work / "disk.qcow2"
+        part.write_bytes(f"build {len(builds)}".encode())
+        part.replace(final)
+
+    monkeypatch.setattr(build_mod, "_build", fake)
+    first = build_mod.build_golden_image(SPEC)
+    held = cache / "staged-link.qcow2"  # what a staged copy of the image is: another name for its bytes
+    held.hardlink_to(first.path)
+    assert build_mod.build_golden_image(SPEC).cached and len(builds) == 1
+
+    refreshed = build_mod.build_golden_image(SPEC, refresh=True)
+    assert not refreshed.cached and refreshed.path == first.path and len(builds) == 2
+    assert refreshed.path.read_bytes() == b"build 2"
+    assert held.read_bytes() == b"build 1"

@@ -43,7 +43,7 @@ def stubbed(monkeypatch: pytest.MonkeyPatch, small_qcow2: Path) -> list[str]:
     """A small golden image instead of a real one; checks that pass without a guest. Returns the checked VMs."""
     checked: list[str] = []
 
-    def golden(spec, progress=None):  # type: ignore[no-untyped-def]
+    def golden(spec, refresh=False, progress=None):  # type: ignore[no-untyped-def]
         return GoldenImage(small_qcow2, "test-key", cached=True)
 
     def fake_verify(recipe, known_hosts, admin_key, target, vm, address, out_dir, progress):  # type: ignore[no-untyped-def]

@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="after a failure, leave the VM (and uploaded media) for inspection")
     p.add_argument("--rebuild", action="store_true",
                    help="make a new VM even when the existing one is up to date (built from the same inputs)")
+    p.add_argument("--refresh-image", action="store_true",
+                   help="build the golden image again from the mirror's current packages (security updates) "
+                        "instead of reusing the cached one (needs root); the VM is then rebuilt on the new image")
     p.add_argument("--no-replace", dest="replace", action="store_false",
                    help="fail instead of replacing an existing VM of the same name that is not up to date")
     add_target_options(p)
@@ -39,7 +42,8 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, ctx.recipes_dir)
     target = open_target(args.target, ctx.out_dir, accel=args.accel, insecure=args.insecure)
     options = MakeOptions(method=args.method, keep=args.keep, keep_on_failure=args.keep_on_failure,
-                          replace=args.replace, rebuild=args.rebuild)
+                          replace=args.replace, rebuild=args.rebuild,
+                          refresh_image=args.refresh_image)
     report_path = ctx.out_dir / recipe.name / "report.json"
     report = run_job(lambda: make(recipe, ctx.out_dir, target, options, ConsoleProgress()), report_path)
     print_summary(report, recipe.name, report_path, keep=args.keep)

@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from builder.cachedir import cached_sha256
+from builder.cachedir import cache_dir, cached_sha256
 from builder.errors import CommandFailed, ImgbuildError, InvalidInput
 from builder.fsutil import write_atomic
 from builder.progress import NullProgress, Progress
@@ -31,11 +31,16 @@ from builder.targets.local.accel import ACCEL_CHOICES, choose_accel
 from builder.targets.local.agent import GuestAgent, usable_addresses
 from builder.targets.local.network import SlirpNet, free_loopback_ports, slirp_for
 from builder.targets.local.qemu_cmd import OVMF_CODE, OVMF_VARS, DiskState, Layout, boot_indexes, qemu_argv
+from builder.targets.local.prune import unused_staged_images
 from builder.targets.local.qmp import QMPClient, QMPError
 from builder.targets.local.state import load_state, o_direct_supported, process_alive, read_pidfile, save_state
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes
+# Seconds an unused staged *copy* is kept (another make may be about to create a VM on it). Only copies need
+# it: where the image cache shares the out dir's filesystem, staging hard-links, and a staged image that is
+# the only name of its bytes is an old image for certain.
+STAGED_IMAGE_GRACE = 600.0
 
 
 def derive_mac(name: str, index: int = 0) -> str:
@@ -172,6 +177,7 @@ class LocalTarget(Target):
             "linked_clones": [],
         }
         save_state(vmdir, state)
+        self._prune_staged_images(progress)
         return self._vm(spec.name, state)
 
     def find_vm(self, name: str) -> VM | None:
@@ -306,6 +312,24 @@ class LocalTarget(Target):
         if sockdir != vmdir and sockdir.exists():
             shutil.rmtree(sockdir, ignore_errors=True)
         shutil.rmtree(vmdir)
+        self._prune_staged_images()
+
+    def _prune_staged_images(self, progress: Progress = NullProgress()) -> None:
+        """Remove staged golden images that only an old VM needed (see prune.py); never one in use."""
+        disks: list[Path] = []
+        for vmdir in self.out_root.glob("*/vm"):
+            try:
+                state = load_state(vmdir)
+            except ImgbuildError as exc:  # a VM we cannot read might use any image: keep them all
+                progress.note(f"not removing unused staged images: {exc.message}")
+                return
+            if state is not None:
+                disks += [Path(d["path"]) for d in state["disks"]]
+        linked = self.staging_dir.exists() and self.staging_dir.stat().st_dev == cache_dir("images").stat().st_dev
+        grace = 0.0 if linked else STAGED_IMAGE_GRACE
+        for image in unused_staged_images(self.staging_dir, disks, now=time.time(), grace=grace):
+            progress.note(f"removing {image.name}: no VM uses this older golden image any more")
+            image.unlink(missing_ok=True)
 
     # --- media ---------------------------------------------------------------------------------
     def set_cdrom(self, vm: VM, slot: int, staged: Staged | None) -> None:
