@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from builder.errors import ImgbuildError
+from builder.proc import run
 from builder.progress import NullProgress
 from builder.targets.pve.connect import target_from_config
 from tests.pve.conftest import uploads_in
@@ -50,6 +51,23 @@ def test_golden_image_goes_to_import_content(target, pve_sim: PveSimulator, smal
     assert staged.ref.startswith("local:import/web-server-golden-image-") and staged.ref.endswith(".qcow2")
     assert not target.stage(small_qcow2, "image", label="web-server golden image").uploaded
     assert len(uploads_in(pve_sim)) == 1
+
+
+def test_a_refreshed_golden_image_replaces_the_older_upload(  # type: ignore[no-untyped-def]
+        target, pve_sim: PveSimulator, small_qcow2: Path, tmp_path: Path) -> None:
+    def qcow2(name: str, size: str) -> Path:  # other sizes, other bytes: other content addresses
+        run(["qemu-img", "create", "-q", "-f", "qcow2", tmp_path / name, size])
+        return tmp_path / name
+
+    other = target.stage(qcow2("ssh.qcow2", "3G"), "image", label="ssh-server golden image")
+    old = target.stage(small_qcow2, "image", label="web-server golden image")
+    refreshed = qcow2("refreshed.qcow2", "2G")
+    progress = Recorder()
+    new = target.stage(refreshed, "image", label="web-server golden image", progress=progress)
+    assert new.uploaded and new.ref != old.ref
+    volumes = pve_sim.volume_ids()
+    assert new.ref in volumes and other.ref in volumes and old.ref not in volumes
+    assert any(old.ref in note for note in progress.notes)
 
 
 def test_storage_without_import_content_is_a_clear_error(pve_sim_factory, small_qcow2: Path) -> None:  # type: ignore[no-untyped-def]

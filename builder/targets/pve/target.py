@@ -115,6 +115,10 @@ class PveTarget(Target):
         filename = upload_name(label, digest, suffix)
         volid = self.uploader.upload(path, storage=storage, content=content, filename=filename, sha256=digest,
                                      label=f"upload {filename}", progress=progress)
+        if kind == "image":  # VMs hold copies of imported images, never the upload: older versions are dead weight
+            for old in self.uploader.superseded(storage, content, filename):
+                progress.note(f"removing {old}: an older golden image, superseded by {filename}")
+                self.uploader.delete(old, what=f"removal of {old}")
         return Staged(kind, volid, digest, size, uploaded=True)
 
     def unstage(self, staged: Staged) -> None:

@@ -109,6 +109,19 @@ class Uploader:
                 bad.append(volid)
         return good, bad
 
+    def superseded(self, storage: str, content: str, filename: str) -> list[str]:
+        """Volumes named like *filename* (same label, see upload_name) but with another content hash."""
+        stem, suffix = filename[:-len(Path(filename).suffix)], Path(filename).suffix
+        label = stem[:-17]  # "-" and 16 hex digits
+        pattern = re.compile(re.escape(label) + r"-[0-9a-f]{16}" + re.escape(suffix))
+        found = []
+        for entry in self.listing(storage, content):
+            volid = str(entry.get("volid", ""))
+            name = volid.partition(":")[2].partition("/")[2]
+            if name != filename and pattern.fullmatch(name):
+                found.append(volid)
+        return found
+
     def delete(self, volid: str, *, what: str) -> None:
         self.client.run("DELETE", volume_path(self.node, volid), what=what, wait=120)
 
