@@ -50,6 +50,11 @@ def image_path(spec: ImageSpec) -> Path:
     return cache_dir("images") / f"{spec.release}-{spec.bios}-{image_key(spec)[:24]}.qcow2"
 
 
+def lock_path(image: Path) -> Path:
+    """The lock a build of *image* holds (builds of one image never overlap; removal waits for none)."""
+    return image.with_name(f".{image.stem}.lock")
+
+
 def build_golden_image(spec: ImageSpec, *, refresh: bool = False,
                        progress: Progress = NullProgress()) -> GoldenImage:
     """The cached image for *spec*, built first when there is none.
@@ -64,7 +69,7 @@ def build_golden_image(spec: ImageSpec, *, refresh: bool = False,
         progress.step(f"image: reusing {final.name}")
         return GoldenImage(final, key, cached=True)
     _require_build_environment(spec)
-    with _lock(final.with_name(f".{final.stem}.lock")):
+    with _lock(lock_path(final)):
         if final.exists() and not refresh:  # another process finished it while we waited
             return GoldenImage(final, key, cached=True)
         _remove_stale_builds(final)
@@ -181,7 +186,7 @@ def _remove_stale_builds(final: Path) -> None:
             log.info("removing stale build directory %s", stale)
             remove_tree(stale)
             continue
-        lock = final.parent / f".{stem}.lock"
+        lock = lock_path(final.with_name(f"{stem}.qcow2"))
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

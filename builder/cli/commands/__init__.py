@@ -2,6 +2,7 @@
 
 from builder.cli.commands import (
     build_cmd,
+    cache_cmd,
     clone_cmd,
     destroy_cmd,
     list_cmd,
@@ -13,4 +14,5 @@ from builder.cli.commands import (
     verify_cmd,
 )
 
-ALL = [list_cmd, show_cmd, validate_cmd, render_cmd, build_cmd, make_cmd, verify_cmd, destroy_cmd, template_cmd, clone_cmd]
+ALL = [list_cmd, show_cmd, validate_cmd, render_cmd, build_cmd, make_cmd, verify_cmd, destroy_cmd, template_cmd, clone_cmd,
+       cache_cmd]
