@@ -181,7 +181,16 @@ class Target(abc.ABC):
     def make_template(self, vm: VM) -> None: ...
 
     @abc.abstractmethod
-    def clone(self, vm: VM, name: str, *, full: bool = True, seed: Staged | None = None) -> VM: ...
+    def clone(self, vm: VM, name: str, *, full: bool = True, seed: Staged | None = None,
+              network: GuestNetwork | None = None) -> VM:
+        """A new stopped VM *name* from *vm* (a full copy, or linked to a template) with its own MACs
+        (``clone_mac``), *seed* in CD-ROM slot 0 and, when given, its own *network* (e.g. another static
+        address) where the target records addresses."""
+
+    @abc.abstractmethod
+    def clone_mac(self, name: str) -> str:
+        """The MAC address the first NIC of a clone called *name* gets, known before cloning so the clone's
+        seed can match its network config on it."""
 
     # --- installer -------------------------------------------------------------------------
     def installer_log_host(self, network: GuestNetwork) -> str | None:

@@ -33,7 +33,7 @@ from builder.pipeline.report import Report
 from builder.pipeline.stages import Stages
 from builder.progress import ConsoleProgress, NullProgress, Progress
 from builder.recipe import load_recipe
-from builder.recipe.model import Recipe, derived_mac
+from builder.recipe.model import Recipe
 from builder.render.write import render_recipe
 from builder.targets.base import VM, Target
 from builder.targets.select import add_target_options, open_target
@@ -78,18 +78,6 @@ def clone_address(recipe: Recipe, ip: str | None) -> str | None:
     return str(iface)
 
 
-def mac_for_clone(target: Target, name: str) -> str:
-    """The MAC address *target* gives a clone called *name* (the seed's network config matches on it)."""
-    known = getattr(target, "clone_mac", None)
-    if callable(known):
-        return str(known(name))
-    from builder.targets.local import LocalTarget, derive_mac
-
-    if isinstance(target, LocalTarget):
-        return derive_mac(name, 0)
-    return derived_mac(name)
-
-
 def clone_recipe(recipe: Recipe, name: str, *, address: str | None, mac: str) -> Recipe:
     network = replace(recipe.network, address=address, mac=mac.upper(), mac_given=True)
     return replace(recipe, name=name, hostname=name, network=network)
@@ -104,7 +92,7 @@ def clone(recipe: Recipe, name: str, out_root: Path, target: Target, *, ip: str 
                            "at most 63")
     if name == recipe.name:
         raise InvalidInput(f"the clone needs a name of its own (not {recipe.name})")
-    derived = clone_recipe(recipe, name, address=clone_address(recipe, ip), mac=mac_for_clone(target, name))
+    derived = clone_recipe(recipe, name, address=clone_address(recipe, ip), mac=target.clone_mac(name))
     report = Report(recipe=name, target=target.name, method="linked clone" if linked else "full clone")
     report.vm = {"source": recipe.name}
     stages = Stages(report, progress)
@@ -132,10 +120,8 @@ def clone(recipe: Recipe, name: str, out_root: Path, target: Target, *, ip: str 
         with stages.stage("stage"):
             stage_media(target, built, report, progress)
         with stages.stage("clone"):
-            vm = target.clone(source, name, full=not linked, seed=built.staged["seed"])
-            record_network = getattr(target, "record_guest_network", None)
-            if callable(record_network):  # PVE: the clone's own address in its config
-                record_network(vm, specs.guest_network(derived))
+            vm = target.clone(source, name, full=not linked, seed=built.staged["seed"],
+                              network=specs.guest_network(derived))
             report.vm.update({"name": vm.name, "target": vm.target, "id": vm.ident, "linked": linked})
         with stages.stage("boot"):
             address = boot(derived, target, vm, progress)

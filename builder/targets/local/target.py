@@ -448,8 +448,15 @@ class LocalTarget(Target):
         state.update(template=True, pid=None, forwards={}, extra_forwards=[])
         self._save(vm, state)
 
-    def clone(self, vm: VM, name: str, *, full: bool = True, seed: Staged | None = None) -> VM:
-        """A new VM from *vm*'s disks: a copy (full) or an overlay (linked), new MACs, the seed in slot 0."""
+    def clone_mac(self, name: str) -> str:
+        return derive_mac(name, 0)
+
+    def clone(self, vm: VM, name: str, *, full: bool = True, seed: Staged | None = None,
+              network: GuestNetwork | None = None) -> VM:
+        """A new VM from *vm*'s disks: a copy (full) or an overlay (linked), new MACs, the seed in slot 0.
+
+        *network* needs nothing here: the source's user-mode subnet already holds any address in it, and
+        ``endpoint`` forwards to whatever address the guest reports."""
         src = self._state(vm)
         if self.is_running(vm):
             raise ImgbuildError(f"{vm.name} is running; clone a stopped VM or a template")

@@ -353,19 +353,8 @@ class PveTarget(Target):
         """The MAC address a clone called *name* gets (known before cloning, so its seed can match it)."""
         return derived_mac(name)
 
-    def record_guest_network(self, vm: VM, network: GuestNetwork) -> None:
-        """Record the guest's static address in the VM config (``ipconfig0``), e.g. a clone's new one."""
-        config = self.client.get(f"{self._qemu(vm)}/config") or {}
-        if network.mode == "static" and network.address:
-            value = vmconfig.ipconfig_value(network.address, network.gateway)
-            if config.get("ipconfig0") != value:
-                self.client.run("POST", f"{self._qemu(vm)}/config", what=f"address of VM {vm.ident}",
-                                wait=self._wait(CONFIG_TIMEOUT), ipconfig0=value)
-        elif "ipconfig0" in config:
-            self.client.run("POST", f"{self._qemu(vm)}/config", what=f"address of VM {vm.ident}",
-                            wait=self._wait(CONFIG_TIMEOUT), delete="ipconfig0")
-
-    def clone(self, vm: VM, name: str, *, full: bool = True, seed: Staged | None = None) -> VM:
+    def clone(self, vm: VM, name: str, *, full: bool = True, seed: Staged | None = None,
+              network: GuestNetwork | None = None) -> VM:
         vmconfig.check_name(name)
         if self.find_vm(name) is not None:
             raise ImgbuildError(f"a VM named {name} already exists on {self.name}",
@@ -391,6 +380,10 @@ class PveTarget(Target):
             if "net0" in new_config:
                 changes["net0"] = vmconfig.with_mac(str(new_config["net0"]), self.clone_mac(name))
             changes[vmconfig.cdrom_key(0)] = vmconfig.cdrom_value(seed)
+            if network is not None and network.mode == "static" and network.address:
+                changes["ipconfig0"] = vmconfig.ipconfig_value(network.address, network.gateway)  # its own address
+            elif network is not None and "ipconfig0" in new_config:
+                changes["delete"] = "ipconfig0"
             self.client.run("POST", f"{self._qemu(newid)}/config", what=f"configuration of clone {newid} ({name})",
                             wait=self._wait(CONFIG_TIMEOUT), **changes)
         except ImgbuildError:
