@@ -119,6 +119,10 @@ class Target(abc.ABC):
     def find_vm(self, name: str) -> VM | None:
         """The VM of that name left by an earlier run (``make --keep``), if any."""
 
+    @abc.abstractmethod
+    def list_vms(self) -> list[VM]:
+        """Every VM (and template) imgbuild made on this target, by name."""
+
     def built_from(self, vm: VM) -> str | None:
         """The ``VMSpec.inputs`` key *vm* was created with (None when unknown)."""
         return vm.data.get("inputs") or None

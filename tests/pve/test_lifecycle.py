@@ -159,3 +159,39 @@ def test_screenshot_is_not_available(target: PveTarget) -> None:
         target.screenshot(vm, Path("/tmp/x.png"))
     assert target.console_log(vm) is None
     assert target.installer_log_host(GuestNetwork("dhcp")) is None
+
+
+def test_status_lists_only_our_vms_with_state_and_last_job(target: PveTarget, pve_sim: PveSimulator,
+                                                          staged: tuple[Staged, Staged], tmp_path: Path) -> None:
+    import json
+
+    from tests.pve.conftest import SECRET_ENV, cli_env, imgbuild
+
+    image, seed = staged
+    web = target.create_vm(make_spec(image, seed))
+    gold = target.create_vm(make_spec(image, seed, name="golden", nics=(NicSpec("BC:24:11:00:00:01"),)))
+    target.make_template(gold)
+    target.client.run("POST", "/nodes/pve/qemu", what="create", wait=10, vmid=300, name="precious", memory="256")
+    target.start(web)
+    assert [(vm.name, target.is_template(vm)) for vm in target.list_vms()] == [("golden", True),
+                                                                              ("web-server", False)]
+    out = tmp_path / "out"
+    (out / "web-server").mkdir(parents=True)
+    (out / "web-server" / "report.json").write_text(json.dumps({
+        "target": "sim", "ok": True, "finished": "2026-11-28T07:00:00+00:00", "method": "image",
+        "checks": [{"check": "ssh", "ok": True}, {"check": "http", "ok": True}],
+        "vm": {"address": "192.168.1.250"}}))
+    env = cli_env(tmp_path, IMGBUILD_TARGETS=str(tmp_path / "targets.yaml"), **{SECRET_ENV: pve_sim.token.secret})
+    proc = imgbuild("--out-dir", str(out), "status", "--target", "sim", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in json.loads(proc.stdout)}
+    assert set(rows) == {"golden", "web-server"}  # not the VM imgbuild did not make
+    assert rows["golden"]["state"] == "template" and rows["golden"]["last_job"] is None
+    assert rows["web-server"]["state"] == "running" and rows["web-server"]["id"] == web.ident
+    assert rows["web-server"]["address"] == "192.168.1.250"
+    assert rows["web-server"]["last_job"]["checks_passed"] == 2
+    text = imgbuild("--out-dir", str(out), "status", "--target", "sim", env=env).stdout
+    assert "ok 2026-11-28T07:00:00Z (2/2 checks)" in text and "precious" not in text
+    for vm in (web, gold):
+        target.destroy(vm)
+    target.client.run("DELETE", "/nodes/pve/qemu/300", what="cleanup", wait=10)

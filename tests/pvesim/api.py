@@ -526,6 +526,8 @@ class PveApi:
             "maxdisk": sum(v.size for v in self._vm_volumes(vm)), "uptime": int(time.monotonic() - vm.started)
             if running and vm.started else 0, "template": 1 if vm.is_template else 0,
         }
+        if vm.config.get("tags"):
+            out["tags"] = vm.config["tags"]
         if vm.lock:
             out["lock"] = vm.lock
         if running and (pid := self.backend.pid(vm.vmid)):

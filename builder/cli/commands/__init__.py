@@ -9,10 +9,11 @@ from builder.cli.commands import (
     make_cmd,
     render_cmd,
     show_cmd,
+    status_cmd,
     template_cmd,
     validate_cmd,
     verify_cmd,
 )
 
 ALL = [list_cmd, show_cmd, validate_cmd, render_cmd, build_cmd, make_cmd, verify_cmd, destroy_cmd, template_cmd, clone_cmd,
-       cache_cmd]
+       status_cmd, cache_cmd]

@@ -184,6 +184,14 @@ class LocalTarget(Target):
         state = load_state(self.vm_dir(name))
         return self._vm(name, state) if state is not None else None
 
+    def list_vms(self) -> list[VM]:
+        vms = []
+        for vmdir in sorted(self.out_root.glob("*/vm")):
+            vm = self.find_vm(vmdir.parent.name) if _NAME.match(vmdir.parent.name) else None
+            if vm is not None:
+                vms.append(vm)
+        return vms
+
     def start(self, vm: VM, *, progress: Progress = NullProgress()) -> None:
         state = self._state(vm)
         if state.get("template"):

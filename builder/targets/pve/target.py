@@ -212,6 +212,14 @@ class PveTarget(Target):
         return self._vm(name, vmid, tags=sorted(vmconfig.tags_of(config)),
                         template=bool(int(config.get("template") or 0)), inputs=vmconfig.inputs_of(config))
 
+    def list_vms(self) -> list[VM]:
+        found = [e for e in self.client.get("/cluster/resources", type="vm") or []
+                 if e.get("type") == "qemu" and e.get("node", self.node) == self.node
+                 and vmconfig.TAG in vmconfig.tags_of(e)]
+        return [self._vm(str(e.get("name") or e["vmid"]), int(e["vmid"]), tags=sorted(vmconfig.tags_of(e)),
+                         template=bool(int(e.get("template") or 0)))
+                for e in sorted(found, key=lambda e: (str(e.get("name")), int(e["vmid"])))]
+
     def _ours(self, vm: VM) -> None:
         tags = vm.data.get("tags")
         if tags is None:
