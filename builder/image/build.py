@@ -51,7 +51,8 @@ def image_path(spec: ImageSpec) -> Path:
 
 
 def lock_path(image: Path) -> Path:
-    """The lock a build of *image* holds (builds of one image never overlap; removal waits for none)."""
+    """The lock a build of *image* holds: builds of one image never overlap, and pruning skips an image
+    while its build runs."""
     return image.with_name(f".{image.stem}.lock")
 
 

@@ -40,7 +40,7 @@ def vm_status(target: Target, vm: VM, out_dir: Path) -> dict[str, Any]:
     else:
         state = "running" if target.is_running(vm) else "stopped"
     job = last_job(out_dir / vm.name / "report.json", target.name)
-    return {"name": vm.name, "id": vm.ident if target.name != "local" else "-", "target": target.name,
+    return {"name": vm.name, "id": vm.ident, "target": target.name,  # a vmid on PVE, the VM's directory locally
             "state": state, "last_job": job, "address": (job or {}).get("address")}
 
 

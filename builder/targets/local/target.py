@@ -324,15 +324,12 @@ class LocalTarget(Target):
 
     def _prune_staged_images(self, progress: Progress = NullProgress()) -> None:
         """Remove staged golden images that only an old VM needed (see prune.py); never one in use."""
-        disks: list[Path] = []
-        for vmdir in self.out_root.glob("*/vm"):
-            try:
-                state = load_state(vmdir)
-            except ImgbuildError as exc:  # a VM we cannot read might use any image: keep them all
-                progress.note(f"not removing unused staged images: {exc.message}")
-                return
-            if state is not None:
-                disks += [Path(d["path"]) for d in state["disks"]]
+        try:
+            vms = self.list_vms()
+        except ImgbuildError as exc:  # a VM we cannot read might use any image: keep them all
+            progress.note(f"not removing unused staged images: {exc.message}")
+            return
+        disks = [Path(disk["path"]) for vm in vms for disk in vm.data["disks"]]
         linked = self.staging_dir.exists() and self.staging_dir.stat().st_dev == cache_dir("images").stat().st_dev
         grace = 0.0 if linked else STAGED_IMAGE_GRACE
         for image in unused_staged_images(self.staging_dir, disks, now=time.time(), grace=grace):
