@@ -35,3 +35,7 @@ class CommandFailed(ImgbuildError):
 
 class CheckFailed(ImgbuildError):
     """A verification check failed (the VM exists but does not do what the recipe asks)."""
+
+
+class GuestCrashed(ImgbuildError):
+    """The guest's kernel panicked (seen on its console): waiting longer cannot help."""

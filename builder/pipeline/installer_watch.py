@@ -14,6 +14,7 @@ from builder.errors import ImgbuildError
 from builder.iso.installer_log import InstallerLog, serial_shows_dialog
 from builder.progress import Progress
 from builder.targets.base import VM, Target
+from builder.targets.console import panic_since
 
 POLL = 2.0
 
@@ -25,6 +26,9 @@ def watch_install(target: Target, vm: VM, *, timeout: float, port: int, progress
         target.start(vm)
         deadline = time.monotonic() + timeout
         while target.is_running(vm):
+            panic = panic_since(target.console_log(vm))  # the VM's first boot: its console log started empty
+            if panic:
+                _fail(target, vm, log, f"the installer's kernel panicked during {log.stage or 'start-up'}: {panic}")
             prompt = _prompt(log, target.console_log(vm))
             if prompt:
                 _fail(target, vm, log, f"the installer stopped at a question during {log.stage or 'start-up'}: "

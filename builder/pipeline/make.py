@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from builder.cachedir import cached_sha256, content_key, sha256_file
-from builder.errors import CheckFailed, ImgbuildError
+from builder.errors import CheckFailed, GuestCrashed, ImgbuildError
 from builder.fsutil import write_atomic
 from builder.image.build import GoldenImage, build_golden_image
 from builder.iso.installer import build_recipe_isos, read_seed_files
@@ -95,7 +95,7 @@ def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
                 with stages.stage("install"):
                     run_installer(recipe, target, vm, out_dir, progress)
         with stages.stage("boot"):
-            address = boot(recipe, target, vm, progress)
+            address = boot(recipe, target, vm, progress, report)
             report.vm["address"] = address
         verify_stage(stages, recipe, rendered, target, vm, address, out_dir)
         forget_seed(target, vm, built, progress)
@@ -231,11 +231,23 @@ def run_installer(recipe: Recipe, target: Target, vm: VM, out_dir: Path, progres
     target.set_cdrom(vm, 0, None)
 
 
-def boot(recipe: Recipe, target: Target, vm: VM, progress: Progress) -> str:
-    if not target.is_running(vm):
-        target.start(vm)
-    progress.step("waiting for the guest agent to report an address")
-    addresses = target.guest_addresses(vm, timeout=ADDRESS_TIMEOUT)
+def boot(recipe: Recipe, target: Target, vm: VM, progress: Progress, report: Report | None = None) -> str:
+    """Start *vm* (unless running) and return its address. A kernel panic while booting gets one restart:
+    under TCG it is QEMU's doing, not the guest's; a second panic fails the job."""
+    for attempt in (1, 2):
+        if not target.is_running(vm):
+            target.start(vm)
+        progress.step("waiting for the guest agent to report an address")
+        try:
+            addresses = target.guest_addresses(vm, timeout=ADDRESS_TIMEOUT)
+            break
+        except GuestCrashed as exc:
+            if attempt == 2:
+                raise
+            progress.note(f"warning: {exc.message}; restarting the VM once")
+            if report is not None:
+                report.vm.setdefault("restarts", []).append(exc.message)
+            target.stop(vm)
     want = recipe.network.ip
     if want and want in addresses:
         return want

@@ -124,7 +124,7 @@ def clone(recipe: Recipe, name: str, out_root: Path, target: Target, *, ip: str 
                               network=specs.guest_network(derived))
             report.vm.update({"name": vm.name, "target": vm.target, "id": vm.ident, "linked": linked})
         with stages.stage("boot"):
-            address = boot(derived, target, vm, progress)
+            address = boot(derived, target, vm, progress, report)
             report.vm["address"] = address
         verify_stage(stages, derived, rendered, target, vm, address, out_dir)
         forget_seed(target, vm, built, progress)

@@ -6,7 +6,7 @@ import argparse
 
 from builder.cli.context import Context
 from builder.errors import CheckFailed
-from builder.pipeline.make import ADDRESS_TIMEOUT, verify
+from builder.pipeline.make import boot, verify
 from builder.progress import ConsoleProgress
 from builder.recipe import load_recipe
 from builder.render.write import login_material
@@ -31,14 +31,11 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     target = open_target(args.target, ctx.out_dir, accel=args.accel, insecure=args.insecure)
     vm = require_vm(target, recipe.name, hint=f"create one with: imgbuild make {recipe.name} --keep")
     started = not target.is_running(vm)
-    if started:
-        target.start(vm)
+    progress = ConsoleProgress()
     try:
         known_hosts, admin_key = login_material(recipe, ctx.out_dir)  # as make left them: never rewritten here
-        addresses = target.guest_addresses(vm, timeout=ADDRESS_TIMEOUT)
-        address = recipe.network.ip if recipe.network.ip in addresses else addresses[0]
-        outcomes = verify(recipe, known_hosts, admin_key, target, vm, address, ctx.out_dir / recipe.name,
-                          ConsoleProgress())
+        address = boot(recipe, target, vm, progress)
+        outcomes = verify(recipe, known_hosts, admin_key, target, vm, address, ctx.out_dir / recipe.name, progress)
     finally:
         if started and not args.keep:
             target.shutdown(vm)

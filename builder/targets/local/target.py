@@ -21,11 +21,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from builder.cachedir import cache_dir, cached_sha256
-from builder.errors import CommandFailed, ImgbuildError, InvalidInput
+from builder.errors import CommandFailed, GuestCrashed, ImgbuildError, InvalidInput
 from builder.fsutil import write_atomic
 from builder.progress import NullProgress, Progress
 from builder.proc import require_tool, run
 from builder.targets.base import VM, ArtifactKind, Endpoint, GuestNetwork, Staged, Target, VMSpec
+from builder.targets.console import panic_since
 from builder.targets.local import png
 from builder.targets.local.accel import ACCEL_CHOICES, choose_accel
 from builder.targets.local.agent import GuestAgent, usable_addresses
@@ -205,6 +206,8 @@ class LocalTarget(Target):
         sockdir = Path(state["sockdir"])
         sockdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         vmdir = self.vm_dir(vm.name)
+        console = Path(state["console_log"])
+        console_offset = console.stat().st_size if console.exists() else 0
         last_error: CommandFailed | None = None
         for _attempt in range(3):  # a forward port taken between choosing and binding: choose again
             ports = free_loopback_ports(len(state["guest_ports"]))
@@ -226,6 +229,7 @@ class LocalTarget(Target):
                     continue
                 break
             state["pid"] = read_pidfile(pidfile)
+            state["console_offset"] = console_offset  # what this boot writes to the (appended) console log
             save_state(vmdir, state)
             vm.data = state
             self._qmp(vm, wait=10).close()  # answers: the VM is up
@@ -379,6 +383,7 @@ class LocalTarget(Target):
         while True:
             if not self.is_running(vm):
                 raise ImgbuildError(f"{vm.name} stopped while waiting for its address", detail=self._console_tail(vm))
+            self._raise_if_panicked(vm, state)
             try:
                 addresses = usable_addresses(agent.network_interfaces())
                 if addresses:
@@ -566,6 +571,21 @@ class LocalTarget(Target):
 
     def _qmp(self, vm: VM, wait: float = 2.0) -> QMPClient:
         return QMPClient(Path(self._state(vm)["sockdir"]) / "qmp.sock").connect(wait=wait)
+
+    def console_panic(self, vm: VM) -> str | None:
+        """The kernel panic line the guest printed on its console since it was last started, if any."""
+        return panic_since(self.console_log(vm), int(self._state(vm).get("console_offset") or 0))
+
+    def _raise_if_panicked(self, vm: VM, state: dict) -> None:
+        panic = self.console_panic(vm)
+        if panic is None:
+            return
+        hint = ""
+        if state.get("accel") == "tcg":
+            hint = ("\nunder TCG (software emulation, no usable KVM) QEMU's multi-threaded translator now and then "
+                    "breaks the guest kernel's live code patching on a busy host; the same VM usually boots when "
+                    "started again")
+        raise GuestCrashed(f"{vm.name}'s kernel panicked: {panic}", detail=self._console_tail(vm) + hint)
 
     def _console_tail(self, vm: VM, lines: int = 15) -> str:
         path = self.console_log(vm)
