@@ -21,6 +21,7 @@ from builder.cli.main import main
 from builder.errors import ImgbuildError
 from builder.image.build import GoldenImage
 from builder.pipeline import make as make_module
+from builder.proc import run
 from builder.pipeline.make import MakeOptions, make
 from builder.recipe import load_recipe
 from builder.recipe.model import Recipe, derived_mac
@@ -93,6 +94,37 @@ def test_make_uploads_creates_verifies_and_forgets_the_seed(target: PveTarget, p
     assert second == [first[1]]  # byte-identical seed, same content-addressed name; no image upload
     assert rebuilt.cache["staged"]["image"]["uploaded"] is False
     assert len(pve_sim.vm_ids()) == 1  # the earlier VM was replaced
+
+
+def test_refresh_image_makes_a_new_vm_and_replaces_the_old_upload(  # type: ignore[no-untyped-def]
+        target: PveTarget, pve_sim: PveSimulator, web_server: Recipe, stubbed: list[str], small_qcow2: Path,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """make --refresh-image (nightly rebuilds): the image is built again from the mirror's current packages;
+    a VM built on the old image is no longer up to date, and the old upload goes."""
+    cached = [small_qcow2]
+    refreshed = tmp_path / "refreshed.qcow2"
+    run(["qemu-img", "create", "-q", "-f", "qcow2", refreshed, "2G"])  # other bytes than the first build
+
+    def golden(spec, refresh=False, progress=None):  # type: ignore[no-untyped-def]
+        if refresh:
+            cached[0] = refreshed  # what build_golden_image does: the new build replaces the cached one
+        return GoldenImage(cached[0], "test-key", cached=not refresh)
+
+    monkeypatch.setattr(make_module, "build_golden_image", golden)
+    first = make(web_server, tmp_path / "out", target, MakeOptions())
+    old_image = first.cache["staged"]["image"]["ref"]
+
+    fresh = make(web_server, tmp_path / "out", target, MakeOptions(refresh_image=True))
+    assert fresh.ok and fresh.cache["image"]["reused"] is False and fresh.vm["reused"] is False
+    new_image = fresh.cache["staged"]["image"]["ref"]
+    assert new_image != old_image and fresh.cache["staged"]["image"]["uploaded"] is True
+    assert new_image in pve_sim.volume_ids() and old_image not in pve_sim.volume_ids()
+    assert len(pve_sim.vm_ids()) == 1  # the VM on the old image was replaced
+
+    # the refreshed image is now the cached one: the next plain make finds the VM up to date
+    again = make(web_server, tmp_path / "out", target, MakeOptions())
+    assert again.ok and again.vm["reused"] is True
+    assert stubbed == ["web-server@192.168.1.250"] * 3
 
 
 FAULTS = {
