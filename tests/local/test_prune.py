@@ -12,7 +12,8 @@ from builder.cachedir import cache_dir
 from builder.proc import run
 from builder.targets.base import VM, DiskSpec, NicSpec, Staged, VMSpec
 from builder.targets.local import LocalTarget
-from builder.targets.local.prune import backing_chain, qcow2_backing_file, unused_staged_images
+from builder.qcow2 import backing_file, virtual_size
+from builder.targets.local.prune import backing_chain, unused_staged_images
 
 
 def qcow2(path: Path, backing: str | None = None) -> Path:
@@ -28,12 +29,12 @@ def test_backing_chain_follows_absolute_and_relative_names(tmp_path: Path) -> No
     golden = qcow2(tmp_path / "golden.qcow2")
     overlay = qcow2(tmp_path / "a" / "overlay.qcow2", backing=str(golden))
     linked = qcow2(tmp_path / "a" / "linked.qcow2", backing="overlay.qcow2")  # qemu-img: relative to its dir
-    assert qcow2_backing_file(golden) is None
-    assert qcow2_backing_file(linked) == tmp_path / "a" / "overlay.qcow2"
+    assert backing_file(golden) is None and virtual_size(golden) == 64 << 20
+    assert backing_file(linked) == tmp_path / "a" / "overlay.qcow2"
     assert backing_chain(linked) == [linked, overlay, golden]
     not_qcow2 = tmp_path / "raw.img"
     not_qcow2.write_bytes(b"\0" * 4096)
-    assert backing_chain(not_qcow2) == [not_qcow2]
+    assert backing_chain(not_qcow2) == [not_qcow2] and virtual_size(not_qcow2) is None
     assert backing_chain(tmp_path / "missing.qcow2") == []
 
 

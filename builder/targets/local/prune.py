@@ -11,24 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-QCOW2_MAGIC = b"QFI\xfb"
+from builder import qcow2
+
 MAX_CHAIN = 16  # linked clone of a template of a golden image is 3; anything deeper than this is a loop
-
-
-def qcow2_backing_file(path: Path) -> Path | None:
-    """The backing file named in a qcow2 header (relative names resolve against the image's directory)."""
-    with open(path, "rb") as fh:
-        header = fh.read(20)
-        if len(header) < 20 or header[:4] != QCOW2_MAGIC:
-            return None
-        offset = int.from_bytes(header[8:16], "big")
-        size = int.from_bytes(header[16:20], "big")
-        if offset == 0 or size == 0:
-            return None
-        fh.seek(offset)
-        name = fh.read(size).decode("utf-8", "surrogateescape")
-    backing = Path(name)
-    return backing if backing.is_absolute() else path.parent / backing
 
 
 def backing_chain(disk: Path) -> list[Path]:
@@ -43,7 +28,7 @@ def backing_chain(disk: Path) -> list[Path]:
         if resolved in chain:
             break
         chain.append(resolved)
-        current = qcow2_backing_file(resolved)
+        current = qcow2.backing_file(resolved)
     return chain
 
 

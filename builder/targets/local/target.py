@@ -20,6 +20,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from builder import qcow2
 from builder.cachedir import cache_dir, cached_sha256
 from builder.errors import CommandFailed, GuestCrashed, ImgbuildError, InvalidInput
 from builder.fsutil import write_atomic
@@ -620,8 +621,10 @@ def _socket_dir(vmdir: Path) -> Path:
 
 
 def _virtual_size(image: Path) -> int:
-    out = run(["qemu-img", "info", "--output=json", "-U", image]).stdout
-    return int(json.loads(out)["virtual-size"])
+    size = qcow2.virtual_size(image)
+    if size is None:
+        raise ImgbuildError(f"{image} is not a qcow2 image")
+    return size
 
 
 def _jsonable(data: object) -> object:

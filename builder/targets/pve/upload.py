@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import logging
 import re
-import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import Any
 import requests
 from requests_toolbelt import MultipartEncoder
 
+from builder import qcow2
 from builder.errors import ImgbuildError
 from builder.progress import NullProgress, Progress
 from builder.targets.pve.client import PveClient, PveError, read_json_response, volume_path
@@ -58,18 +58,10 @@ def upload_name(label: str, sha256: str, suffix: str) -> str:
     return f"{safe[:80]}-{sha256[:16]}{suffix}"
 
 
-def qcow2_virtual_size(path: Path) -> int | None:
-    with open(path, "rb") as fh:
-        head = fh.read(32)
-    if len(head) < 32 or head[:4] != b"QFI\xfb":
-        return None
-    return int(struct.unpack(">Q", head[24:32])[0])
-
-
 def reported_size(path: Path, content: str) -> int:
     """The size PVE lists for the file once uploaded: qcow2 images by virtual size, others by bytes."""
     if content == "import" and path.suffix == ".qcow2":
-        size = qcow2_virtual_size(path)
+        size = qcow2.virtual_size(path)
         if size is None:
             raise ImgbuildError(f"{path} is not a qcow2 image")
         return size
