@@ -116,7 +116,7 @@ class PveTarget(Target):
         volid = self.uploader.upload(path, storage=storage, content=content, filename=filename, sha256=digest,
                                      label=f"upload {filename}", progress=progress)
         if kind == "image":  # VMs hold copies of imported images, never the upload: older versions are dead weight
-            for old in self.uploader.superseded(storage, content, filename):
+            for old in self.uploader.superseded(storage, content, label, digest, suffix):
                 progress.note(f"removing {old}: an older golden image, superseded by {filename}")
                 self.uploader.delete(old, what=f"removal of {old}")
         return Staged(kind, volid, digest, size, uploaded=True)

@@ -52,10 +52,14 @@ class UploadPlan:
 
 def upload_name(label: str, sha256: str, suffix: str) -> str:
     """``<label>-<sha256[:16]><suffix>`` with the label reduced to what PVE keeps ([A-Za-z0-9_.-])."""
+    return f"{_safe_label(label, suffix)}-{sha256[:16]}{suffix}"
+
+
+def _safe_label(label: str, suffix: str) -> str:
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-.") or "imgbuild"
     if safe.endswith(suffix):
         safe = safe[: -len(suffix)]
-    return f"{safe[:80]}-{sha256[:16]}{suffix}"
+    return safe[:80]
 
 
 def reported_size(path: Path, content: str) -> int:
@@ -101,16 +105,15 @@ class Uploader:
                 bad.append(volid)
         return good, bad
 
-    def superseded(self, storage: str, content: str, filename: str) -> list[str]:
-        """Volumes named like *filename* (same label, see upload_name) but with another content hash."""
-        stem, suffix = filename[:-len(Path(filename).suffix)], Path(filename).suffix
-        label = stem[:-17]  # "-" and 16 hex digits
-        pattern = re.compile(re.escape(label) + r"-[0-9a-f]{16}" + re.escape(suffix))
+    def superseded(self, storage: str, content: str, label: str, sha256: str, suffix: str) -> list[str]:
+        """Uploads of the same *label* (see upload_name) with another content hash than *sha256*."""
+        pattern = re.compile(re.escape(_safe_label(label, suffix)) + r"-[0-9a-f]{16}" + re.escape(suffix))
+        current = upload_name(label, sha256, suffix)
         found = []
         for entry in self.listing(storage, content):
             volid = str(entry.get("volid", ""))
             name = volid.partition(":")[2].partition("/")[2]
-            if name != filename and pattern.fullmatch(name):
+            if name != current and pattern.fullmatch(name):
                 found.append(volid)
         return found
 
