@@ -23,7 +23,7 @@ def watch_install(target: Target, vm: VM, *, timeout: float, port: int, progress
                   raw_log: Path | None = None) -> list[str]:
     """Start *vm* on the installer and return the installer stages seen once it powers off."""
     with InstallerLog(port, progress=progress, raw_log=raw_log) as log:
-        target.start(vm)
+        target.start(vm, progress=progress)
         deadline = time.monotonic() + timeout
         while target.is_running(vm):
             panic = panic_since(target.console_log(vm))  # the VM's first boot: its console log started empty

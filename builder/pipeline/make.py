@@ -236,7 +236,7 @@ def boot(recipe: Recipe, target: Target, vm: VM, progress: Progress, report: Rep
     under TCG it is QEMU's doing, not the guest's; a second panic fails the job."""
     for attempt in (1, 2):
         if not target.is_running(vm):
-            target.start(vm)
+            target.start(vm, progress=progress)
         progress.step("waiting for the guest agent to report an address")
         try:
             addresses = target.guest_addresses(vm, timeout=ADDRESS_TIMEOUT)

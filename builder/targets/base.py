@@ -131,7 +131,8 @@ class Target(abc.ABC):
         return bool(vm.data.get("template"))
 
     @abc.abstractmethod
-    def start(self, vm: VM) -> None: ...
+    def start(self, vm: VM, *, progress: Progress = NullProgress()) -> None:
+        """Power *vm* on (nothing when it runs); how it runs (e.g. the accelerator) goes to *progress*."""
 
     @abc.abstractmethod
     def is_running(self, vm: VM) -> bool: ...

@@ -22,10 +22,14 @@ def open_target(name: str | None, out_root: Path, *, accel: str = "auto", insecu
 
 
 def add_target_options(parser) -> None:
+    from builder.targets.local.accel import ACCEL_CHOICES
+
     parser.add_argument("--target", metavar="NAME", default=None,
                         help="where the VM runs: 'local' (QEMU on this machine; the default unless PROXMOX_URL is "
                              "set) or a Proxmox VE target from the environment or the targets file")
-    parser.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
-                        help="local target: QEMU acceleration (auto: KVM when it works here, else TCG)")
+    parser.add_argument("--accel", choices=ACCEL_CHOICES, default="auto",
+                        help="local target: QEMU acceleration (auto: KVM when it works here, else TCG; TCG is "
+                             "single-threaded on QEMU before 8.1, whose multi-threaded TCG crashes guests now and "
+                             "then; tcg-multi: multi-threaded anyway, faster)")
     parser.add_argument("--insecure", action="store_true",
                         help="Proxmox VE: do not verify the TLS certificate (prints a warning; avoid)")

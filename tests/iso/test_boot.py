@@ -95,8 +95,8 @@ def prove_unattended_until_mirror(
     make_iso: IsoFactory, firmware: Firmware, work: Path, net: RecipeNetwork
 ) -> Proof:
     """Boot until everything is proven. A guest kernel panic gets one more boot, as `imgbuild make` gives it
-    (builder/pipeline/make.py boot): under multi-threaded TCG on a busy host QEMU now and then breaks the
-    kernel's live code patching ("Oops: int3"); that is the emulator's fault, not the ISO's."""
+    (builder/pipeline/make.py boot): a panic under TCG is the emulator's fault, not the ISO's (see
+    builder/targets/local/accel.py on multi-threaded TCG and "Oops: int3")."""
     need_tool("qemu-system-x86_64", "qemu-system-x86")
     need_tool("qemu-img", "qemu-utils")
     for attempt in (1, 2):

@@ -1,6 +1,6 @@
-"""A QEMU guest for installer boot tests: TCG, 2 GiB, a blank virtio disk, the ISO as CD-ROM, SeaBIOS or
-OVMF, serial console to a file, user networking shaped like the recipe's static network, and a pcap of
-everything the guest sends. Always stopped on exit."""
+"""A QEMU guest for installer boot tests: TCG (threaded as the local target runs it), 2 GiB, a blank virtio
+disk, the ISO as CD-ROM, SeaBIOS or OVMF, serial console to a file, user networking shaped like the recipe's
+static network, and a pcap of everything the guest sends. Always stopped on exit."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from builder.targets.local.accel import choose_accel
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
@@ -69,7 +71,8 @@ class InstallerVM:
 
     def command(self) -> list[str]:
         cmd = [
-            "qemu-system-x86_64", "-accel", "tcg", "-m", str(self.memory_mib), "-smp", "2",
+            "qemu-system-x86_64", "-accel", f"tcg,thread={choose_accel('tcg').tcg_threads}",
+            "-m", str(self.memory_mib), "-smp", "2",
             "-display", "none", "-vga", "std", "-monitor", "none", "-no-reboot",
             "-serial", f"file:{self.serial}",
             "-drive", f"file={self.disk},if=virtio,format=qcow2,cache=unsafe",

@@ -61,7 +61,7 @@ class PanicsOnce:
     def is_running(self, vm: VM) -> bool:
         return self.running
 
-    def start(self, vm: VM) -> None:
+    def start(self, vm: VM, **_: object) -> None:
         self.calls.append("start")
         self.running = True
 

@@ -15,6 +15,7 @@ from builder.errors import ImgbuildError, InvalidInput
 from builder.targets.base import DiskSpec, GuestNetwork, NicSpec, VMSpec
 from builder.targets.local import LocalTarget, derive_mac
 from builder.targets.local import target as target_mod
+from builder.targets.local.accel import choose_accel, parse_qemu_version, qemu_version, tcg_threads
 from builder.targets.local.agent import GuestAgent, usable_addresses
 from builder.targets.local.network import slirp_for
 from builder.targets.local.png import is_png, ppm_to_png
@@ -79,7 +80,10 @@ def _layout(**kw: object) -> Layout:
 def test_qemu_command_line() -> None:
     argv = qemu_argv(_layout())
     line = " ".join(argv)
-    assert argv[argv.index("-accel") + 1] == "tcg,thread=multi"
+    assert argv[argv.index("-accel") + 1] == "tcg,thread=single"
+    assert "tcg,thread=multi" in qemu_argv(_layout(tcg_threads="multi"))
+    with pytest.raises(InvalidInput, match="thread mode"):
+        qemu_argv(_layout(tcg_threads="single,foo=bar"))
     assert argv[argv.index("-cpu") + 1] == "kvm64" and argv[argv.index("-m") + 1] == "2048"
     assert "cores=2" in argv[argv.index("-smp") + 1]
     assert "file=/x/disk0.qcow2,format=qcow2,cache=none" in line
@@ -186,6 +190,36 @@ def test_o_direct_probe_and_the_error_without_it(tmp_path: Path, monkeypatch: py
     spec = VMSpec(name="nodirect", disks=(DiskSpec(1024**3),), nics=(NicSpec("52:54:00:00:00:09"),))
     with pytest.raises(ImgbuildError, match="cache=none needs O_DIRECT"):
         LocalTarget(tmp_path / "out").create_vm(spec)
+
+
+def test_qemu_version_is_read_from_its_banner() -> None:
+    assert parse_qemu_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)\n") == (7, 2, 22)
+    assert parse_qemu_version("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2)") == (10, 0, 2)
+    assert parse_qemu_version("QEMU emulator version 8.1") == (8, 1, 0)
+    assert parse_qemu_version("qemu: command not found") is None
+
+
+@pytest.mark.parametrize(
+    ("requested", "version", "threads"),
+    [
+        ("auto", (7, 2, 22), "single"),  # this machine: the racy multi-threaded TCG is not used
+        ("tcg", (8, 0, 4), "single"),
+        ("tcg", None, "single"),  # unknown: the safe choice
+        ("auto", (8, 1, 0), "multi"),
+        ("tcg", (10, 0, 2), "multi"),
+        ("tcg-multi", (7, 2, 22), "multi"),  # asked for
+    ],
+)
+def test_tcg_thread_mode_follows_the_qemu_version(requested: str, version: tuple[int, ...] | None, threads: str) -> None:
+    mode, reason = tcg_threads(requested, version)
+    assert mode == threads and reason
+
+
+def test_requested_tcg_carries_the_thread_mode_of_this_qemu() -> None:
+    verdict = choose_accel("tcg")
+    assert verdict.accel == "tcg" and verdict.tcg_threads == tcg_threads("tcg", qemu_version())[0]
+    assert choose_accel("tcg-multi").tcg_threads == "multi"
+    assert choose_accel("kvm").describe() == "kvm"
 
 
 def test_target_refuses_bad_names_and_accel(tmp_path: Path) -> None:

@@ -111,7 +111,8 @@ class QemuBackend(VMBackend):
             kind = "cdrom" if any(f.slot == dev and f.media == "cdrom" for f in files) else "disk"
             if any(f.slot == dev for f in files) and kind not in order:
                 order.append(kind)
-        accel = choose_accel(self.accel).accel
+        verdict = choose_accel(self.accel)
+        accel = verdict.accel
         if accel == "tcg" and cputype == "host":
             cputype = "max"
         ovmf_vars = None
@@ -120,7 +121,7 @@ class QemuBackend(VMBackend):
             if not Path(ovmf_vars).exists():
                 shutil.copyfile(OVMF_VARS, ovmf_vars)
         return Layout(
-            name=f"pvesim-{vmid}", accel=accel,
+            name=f"pvesim-{vmid}", accel=accel, tcg_threads=verdict.tcg_threads,
             cores=int(config.get("cores", 1)) * int(config.get("sockets", 1)), memory_mib=memory,
             cpu=cputype, display=display, bios=str(config.get("bios", "seabios")), disks=tuple(disks),
             cdroms=tuple(cdroms), macs=tuple(macs), nic_models=tuple(models), slirp=slirp_for(network),

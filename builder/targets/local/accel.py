@@ -8,13 +8,22 @@ two short guests with KVM:
    a kernel. The kernel is the newest one golden image builds left in ``cache_dir("kernels")`` (or
    the host's own under /boot); without one, stage 1 decides.
 The verdict is cached per boot of the host (``/proc/sys/kernel/random/boot_id``).
+
+Under TCG, QEMU translates guest code on one host thread per vCPU ("multi") unless told to use one
+thread for all ("single"). QEMU before 8.1 has a race there: a page the guest kernel patches while
+another vCPU translates it keeps a stale translation, and the kernel dies with "Oops: int3" or "Fatal
+exception in interrupt" (a few boots in a hundred on a busy 2-core host here; fixed upstream by "accel/tcg:
+Always lock pages before translation", QEMU 8.1). So "tcg" means single-threaded TCG on an older QEMU and
+multi-threaded from 8.1; "tcg-multi" asks for multi-threaded anyway (faster, with that risk).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -30,7 +39,9 @@ from builder.proc import require_tool
 log = logging.getLogger(__name__)
 
 Accel = Literal["kvm", "tcg"]
-ACCEL_CHOICES = ("auto", "kvm", "tcg")
+TcgThreads = Literal["single", "multi"]
+ACCEL_CHOICES = ("auto", "kvm", "tcg", "tcg-multi")
+MTTCG_FIXED_IN = (8, 1)  # the first QEMU whose multi-threaded TCG survives guest kernel code patching
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,40 @@ class AccelVerdict:
     accel: Accel
     reason: str
     cached: bool = False
+    tcg_threads: TcgThreads = "multi"  # meaningful under TCG only
+    threads_reason: str = ""
+
+    def describe(self) -> str:
+        if self.accel == "kvm":
+            return "kvm"
+        return f"tcg, {self.tcg_threads}-threaded"
+
+
+def tcg_threads(requested: str, version: tuple[int, ...] | None) -> tuple[TcgThreads, str]:
+    """TCG's thread mode for *requested* on a QEMU of *version* (None: unknown, treated as old). Pure."""
+    if requested == "tcg-multi":
+        return "multi", "requested"
+    shown = ".".join(map(str, version)) if version else "of unknown version"
+    if version is not None and version[:2] >= MTTCG_FIXED_IN:
+        return "multi", f"QEMU {shown} translates on one thread per vCPU safely"
+    fixed = ".".join(map(str, MTTCG_FIXED_IN))
+    return "single", (f"QEMU {shown} predates {fixed}, whose multi-threaded TCG now and then breaks a guest "
+                      "kernel's live code patching")  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4)
+def qemu_version(qemu: str = "qemu-system-x86_64") -> tuple[int, ...] | None:
+    """(major, minor, micro) from ``qemu --version``; None when it cannot be read."""
+    try:
+        out = subprocess.run([qemu, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return parse_qemu_version(out)
+
+
+def parse_qemu_version(text: str) -> tuple[int, ...] | None:
+    m = re.search(r"QEMU emulator version (\d+)\.(\d+)(?:\.(\d+))?", text)
+    return tuple(int(g or 0) for g in m.groups()) if m else None
 
 
 def boot_id() -> str:
@@ -47,11 +92,21 @@ def boot_id() -> str:
         return "unknown"
 
 
-def choose_accel(requested: str = "auto", *, use_cache: bool = True, kernel: Path | None = None) -> AccelVerdict:
-    """The accelerator to use for *requested* ("auto", "kvm" or "tcg")."""
+def choose_accel(
+    requested: str = "auto", *, use_cache: bool = True, kernel: Path | None = None, qemu: str = "qemu-system-x86_64"
+) -> AccelVerdict:
+    """The accelerator to use for *requested* (one of ACCEL_CHOICES), with TCG's thread mode."""
     if requested not in ACCEL_CHOICES:
         raise InvalidInput(f"accel {requested!r} is not one of {', '.join(ACCEL_CHOICES)}")
-    if requested == "tcg":
+    verdict = _choose(requested, use_cache=use_cache, kernel=kernel)
+    if verdict.accel != "tcg":
+        return verdict
+    threads, why = tcg_threads(requested, qemu_version(qemu))
+    return AccelVerdict(verdict.accel, verdict.reason, verdict.cached, threads, why)
+
+
+def _choose(requested: str, *, use_cache: bool, kernel: Path | None) -> AccelVerdict:
+    if requested in ("tcg", "tcg-multi"):
         return AccelVerdict("tcg", "requested")
     if requested == "kvm":
         return AccelVerdict("kvm", "requested")

@@ -47,6 +47,7 @@ class Layout:
     pidfile: str
     ovmf_vars: str | None = None
     extra: tuple[str, ...] = field(default=())
+    tcg_threads: str = "single"  # "single" | "multi" (see accel.py: why single on QEMU < 8.1)
 
 
 def boot_indexes(boot: tuple[str, ...], n_disks: int, n_cdroms: int) -> tuple[list[int | None], list[int | None]]:
@@ -72,7 +73,9 @@ def boot_indexes(boot: tuple[str, ...], n_disks: int, n_cdroms: int) -> tuple[li
 
 def qemu_argv(layout: Layout, qemu: str = "qemu-system-x86_64") -> list[str]:
     lay = layout
-    accel = "kvm" if lay.accel == "kvm" else "tcg,thread=multi"
+    if lay.tcg_threads not in ("single", "multi"):
+        raise InvalidInput(f"TCG thread mode {lay.tcg_threads!r} is not 'single' or 'multi'")
+    accel = "kvm" if lay.accel == "kvm" else f"tcg,thread={lay.tcg_threads}"
     argv = [
         qemu,
         "-name", f"{lay.name},process=imgbuild-{lay.name}",

@@ -29,7 +29,7 @@ from builder.proc import require_tool, run
 from builder.targets.base import VM, ArtifactKind, Endpoint, GuestNetwork, Staged, Target, VMSpec
 from builder.targets.console import panic_since
 from builder.targets.local import png
-from builder.targets.local.accel import ACCEL_CHOICES, choose_accel
+from builder.targets.local.accel import ACCEL_CHOICES, MTTCG_FIXED_IN, choose_accel, qemu_version
 from builder.targets.local.agent import GuestAgent, usable_addresses
 from builder.targets.local.network import SlirpNet, free_loopback_ports, slirp_for
 from builder.targets.local.qemu_cmd import OVMF_CODE, OVMF_VARS, DiskState, Layout, boot_indexes, qemu_argv
@@ -201,9 +201,11 @@ class LocalTarget(Target):
         if self.is_running(vm):
             return
         progress.step("choosing the accelerator (KVM probe, cached per host boot)")
-        verdict = choose_accel(self.accel)
+        verdict = choose_accel(self.accel, qemu=self.qemu)
         if verdict.accel == "tcg" and self.accel == "auto":
             progress.note(f"using TCG (software emulation): {verdict.reason}")
+        if verdict.accel == "tcg":
+            progress.note(f"TCG {verdict.tcg_threads}-threaded: {verdict.threads_reason}")
         sockdir = Path(state["sockdir"])
         sockdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         vmdir = self.vm_dir(vm.name)
@@ -215,12 +217,13 @@ class LocalTarget(Target):
             state["forwards"] = {str(gp): hp for gp, hp in zip(state["guest_ports"], ports, strict=True)}
             state["extra_forwards"] = []
             state["accel"] = verdict.accel
+            state["tcg_threads"] = verdict.tcg_threads
             for name in ("qmp.sock", "qga.sock"):
                 (sockdir / name).unlink(missing_ok=True)
             pidfile = vmdir / "qemu.pid"
             pidfile.unlink(missing_ok=True)
             argv = qemu_argv(self._layout(vm.name, state), self.qemu)
-            progress.step(f"starting QEMU ({verdict.accel}) for {vm.name}")
+            progress.step(f"starting QEMU ({verdict.describe()}) for {vm.name}")
             write_atomic(vmdir / "qemu.argv", json.dumps(argv, indent=1) + "\n")
             try:
                 run(argv, timeout=120)
@@ -507,6 +510,7 @@ class LocalTarget(Target):
             extra_forwards=[],
             pid=None,
             accel=None,
+            tcg_threads=None,
             template=False,
             template_of=None if full else vm.name,
             linked_clones=[],
@@ -550,6 +554,7 @@ class LocalTarget(Target):
         return Layout(
             name=name,
             accel=state["accel"],
+            tcg_threads=state.get("tcg_threads") or "single",
             cores=state["cores"],
             memory_mib=state["memory_mib"],
             cpu=_cpu_for(state["cpu"], state["accel"]),
@@ -582,10 +587,11 @@ class LocalTarget(Target):
         if panic is None:
             return
         hint = ""
-        if state.get("accel") == "tcg":
-            hint = ("\nunder TCG (software emulation, no usable KVM) QEMU's multi-threaded translator now and then "
-                    "breaks the guest kernel's live code patching on a busy host; the same VM usually boots when "
-                    "started again")
+        if state.get("accel") == "tcg" and state.get("tcg_threads") == "multi":
+            version = qemu_version(self.qemu)
+            if version is None or version[:2] < MTTCG_FIXED_IN:
+                hint = ("\nthis QEMU's multi-threaded TCG (--accel tcg-multi) now and then breaks a guest kernel's "
+                        "live code patching; plain --accel tcg runs it single-threaded")
         raise GuestCrashed(f"{vm.name}'s kernel panicked: {panic}", detail=self._console_tail(vm) + hint)
 
     def _console_tail(self, vm: VM, lines: int = 15) -> str:

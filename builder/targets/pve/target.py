@@ -233,9 +233,10 @@ class PveTarget(Target):
     def status(self, vm: VM) -> dict[str, Any]:
         return self.client.get(f"{self._qemu(vm)}/status/current") or {}
 
-    def start(self, vm: VM) -> None:
+    def start(self, vm: VM, *, progress: Progress = NullProgress()) -> None:
         if self.is_running(vm):
             return
+        progress.step(f"starting VM {vm.ident} ({vm.name}) on {self.node}")
         self.client.run("POST", f"{self._qemu(vm)}/status/start", what=f"start of VM {vm.ident} ({vm.name})",
                         wait=self._wait(START_TIMEOUT))
 
