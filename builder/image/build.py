@@ -116,7 +116,7 @@ def _build(spec: ImageSpec, key: str, work: Path, final: Path, progress: Progres
         release=spec.release,
         esp_uuid=_esp_serial() if spec.bios == "ovmf" else None,
     )
-    boot = configure_rootfs(root, info, progress=progress)
+    boot = configure_rootfs(root, info, locale=spec.locale, progress=progress)
     _keep_kernel(root / "boot" / f"vmlinuz-{info.kernel_version}")
     timings["configure"] = time.monotonic() - t
 

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from builder.errors import InvalidInput
+from builder.recipe.values import LOCALE
 
 Bios = Literal["seabios", "ovmf"]
 
@@ -15,7 +16,7 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 # Bump when the way an image is assembled changes: it is part of every cache key, so a new
 # builder never trusts an image an older one made.
-IMAGE_BUILDER_VERSION = "1"
+IMAGE_BUILDER_VERSION = "2"  # 2: the recipe's locale is generated in the image
 
 # What every golden image needs to boot under QEMU/PVE and be personalised by cloud-init.
 BASE_PACKAGES = (
@@ -28,6 +29,7 @@ BASE_PACKAGES = (
     "openssh-server",
     "sudo",  # cloud-init's users: sudo rules are useless without it
     "fdisk",
+    "locales",  # the recipe's locale is generated at build time, not by cloud-init on first boot
     # cloud-init renders network-config v2 for systemd-networkd; resolved applies its DNS.
     "systemd-resolved",
 )
@@ -51,6 +53,9 @@ class ImageSpec:
     packages: tuple[str, ...] = ()
     disk_size: int = 8 * 1024**3
     bios: Bios = "seabios"
+    # Generated and made the default at build time: cloud-init's locale module then has nothing to do
+    # (generating it on first boot took 32 s of a 2-minute first boot under TCG).
+    locale: str = "en_US.UTF-8"
 
     def __post_init__(self) -> None:
         problems = validate(self)
@@ -81,6 +86,8 @@ def validate(spec: ImageSpec) -> list[str]:
     for pkg in spec.packages:
         if not _PACKAGE_NAME.match(pkg):
             problems.append(f"package {pkg!r} is not a Debian package name")
+    if not LOCALE.match(spec.locale):
+        problems.append(f"locale {spec.locale!r} is not a locale such as en_US.UTF-8")
     if spec.bios not in BOOTLOADER_PACKAGES:
         problems.append(f"bios {spec.bios!r} is not one of {', '.join(BOOTLOADER_PACKAGES)}")
     if spec.disk_size < 2 * 1024**3:

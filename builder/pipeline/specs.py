@@ -16,6 +16,7 @@ def image_spec(recipe: Recipe) -> ImageSpec:
         packages=tuple(p for p in recipe.packages),
         disk_size=recipe.disk.size_bytes,
         bios=recipe.vm.bios,
+        locale=recipe.locale,
     )
 
 

@@ -53,12 +53,9 @@ def user_data(recipe: Recipe, inputs: RenderInputs) -> dict[str, Any]:
         "package_update": False,
         "package_upgrade": False,
     }
-    # Debian's locale-gen ignores the locale cloud-init passes it and builds only what /etc/locale.gen
-    # enables; without this the locale module fails ("update-locale: invalid locale settings").
-    charset = recipe.locale.partition(".")[2].partition("@")[0] or "ISO-8859-1"
-    files: list[dict[str, Any]] = [{
-        "path": "/etc/locale.gen", "append": True, "content": f"{recipe.locale} {charset}\n",
-    }, *identity_files(recipe)]
+    # The locale is already generated and the default: golden images are built with it (builder/image)
+    # and the installer sets it from the preseed, so cloud-init's locale module has nothing to do.
+    files: list[dict[str, Any]] = [*identity_files(recipe)]
     if recipe.root.login and inputs.root_hash:
         data["chpasswd"] = {"expire": False, "users": [{"name": "root", "password": inputs.root_hash, "type": "hash"}]}
     if recipe.late_commands:

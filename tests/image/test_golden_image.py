@@ -63,6 +63,14 @@ def test_filesystem_holds_kernel_grub_cloud_init_agent_and_apache(web_raw: Path,
     assert "NoCloud" in debugfs(web_raw, "cat /etc/cloud/cloud.cfg.d/90_imgbuild.cfg")
 
 
+def test_the_recipes_locale_is_generated_and_the_default(web_raw: Path) -> None:
+    # So cloud-init's locale module skips locale-gen on first boot (32 s under TCG).
+    # trixie: /etc/locale.conf, which systemd-tmpfiles links /etc/default/locale to at boot (cloud-init reads that)
+    assert "LANG=en_US.UTF-8" in debugfs(web_raw, "cat /etc/locale.conf")
+    assert "\nen_US.UTF-8 UTF-8\n" in debugfs(web_raw, "cat /etc/locale.gen")
+    assert exists(web_raw, "/usr/lib/locale/locale-archive")
+
+
 def test_no_identity_is_baked_in(web_raw: Path) -> None:
     listing = debugfs(web_raw, "ls /etc/ssh")
     assert "ssh_host_" not in listing

@@ -9,6 +9,7 @@ from builder.image import ImageSpec, image_key, package_set, task_packages, vari
 from builder.image import build as build_mod
 from builder.image.bootconfig import BootInfo, cloud_cfg, fstab, grub_cfg
 from builder.image.bootstrap import mmdebstrap_argv
+from builder.image.configure import locale_gen_line
 from builder.image.disk import MiB, layout_for, sfdisk_script
 
 
@@ -42,6 +43,7 @@ def test_cache_key_follows_content_not_order_or_proxy() -> None:
         ({"disk_size": 1024**3}, "below the 2 GiB"),
         ({"bios": "uefi"}, "bios 'uefi'"),
         ({"mirror": "ftp://x"}, "mirror"),
+        ({"locale": "en_US.UTF-8\nfoo"}, "locale"),
     ],
 )
 def test_invalid_specs_are_rejected_with_the_field(kwargs: dict, message: str) -> None:
@@ -86,3 +88,13 @@ def test_building_without_root_says_root_is_needed(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(build_mod.os, "geteuid", lambda: 1000)
     with pytest.raises(ImgbuildError, match="needs root"):
         build_mod.build_golden_image(ImageSpec(tasks=("ssh-server",)))
+
+
+def test_the_locale_is_part_of_the_key_and_found_in_debians_list() -> None:
+    assert image_key(ImageSpec(locale="de_DE.UTF-8")) != image_key(ImageSpec())
+    supported = "de_DE.UTF-8 UTF-8\nde_DE ISO-8859-1\nde_DE@euro ISO-8859-15\nen_US.UTF-8 UTF-8\n"
+    assert locale_gen_line("de_DE", supported) == "de_DE ISO-8859-1"
+    assert locale_gen_line("de_DE@euro", supported) == "de_DE@euro ISO-8859-15"
+    assert locale_gen_line("en_US.UTF-8", supported) == "en_US.UTF-8 UTF-8"
+    with pytest.raises(ImgbuildError, match="xx_XX.UTF-8 is not one Debian's locales package can build"):
+        locale_gen_line("xx_XX.UTF-8", supported)
