@@ -1,26 +1,17 @@
-"""Fixtures for the local target's tests: the web-server golden image and a target per module."""
+"""Fixtures for the local target's tests: a target per module that destroys its VMs."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 from collections.abc import Iterator
+
 import pytest
 
-from builder.image import GoldenImage, ImageSpec, build_golden_image
 from builder.targets.local import LocalTarget
 
 # Opt-in: the UEFI boot test builds a second golden image and boots OVMF under TCG.
 collect_ignore = [] if os.environ.get("IMGBUILD_TEST_OVMF") == "1" else ["test_boot_ovmf.py"]
-
-WEB_SPEC = ImageSpec(release="trixie", tasks=("web-server", "ssh-server", "standard"), bios="seabios")
-
-
-@pytest.fixture(scope="session")
-def web_image() -> GoldenImage:
-    """The golden web-server image (built once on a fresh machine, then reused from the cache)."""
-    return build_golden_image(WEB_SPEC)
-
 
 @pytest.fixture(scope="module")
 def local_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTarget]:

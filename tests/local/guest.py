@@ -1,4 +1,4 @@
-"""Helpers for booting real guests in the local target's tests: keys, NoCloud seeds, PNG, SSH, HTTP."""
+"""Helpers for booting real guests in the local target's tests: keys, NoCloud seeds, PNG, SSH."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import io
 import logging
 import struct
 import time
-import urllib.error
-import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,21 +58,6 @@ def user_data(hostname: str, user_key: KeyPair, host_key: KeyPair) -> bytes:
     return ("#cloud-config\n" + yaml.safe_dump(config, sort_keys=False)).encode()
 
 
-def static_network(mac: str, address: str, gateway: str, dns: str) -> bytes:
-    config = {
-        "version": 2,
-        "ethernets": {
-            "nic0": {
-                "match": {"macaddress": mac},
-                "addresses": [address],
-                "routes": [{"to": "0.0.0.0/0", "via": gateway}],
-                "nameservers": {"addresses": [dns]},
-            }
-        },
-    }
-    return yaml.safe_dump(config, sort_keys=False).encode()
-
-
 def dhcp_network(mac: str) -> bytes:
     config = {"version": 2, "ethernets": {"nic0": {"match": {"macaddress": mac}, "dhcp4": True}}}
     return yaml.safe_dump(config, sort_keys=False).encode()
@@ -116,24 +99,6 @@ def ssh_run(port: int, host_key: KeyPair, user_key: KeyPair, command: str, timeo
         finally:
             client.close()
     raise AssertionError(f"no SSH on 127.0.0.1:{port} within {timeout:.0f}s: {last!r}")
-
-
-def http_get(port: int, timeout: float, expect: str) -> str:
-    """GET / on 127.0.0.1:*port* until the body contains *expect* or *timeout* passes."""
-    deadline = time.monotonic() + timeout
-    last = ""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via an http_proxy
-    while time.monotonic() < deadline:
-        try:
-            with opener.open(f"http://127.0.0.1:{port}/", timeout=10) as resp:
-                body = resp.read().decode("utf-8", "replace")
-            if expect in body:
-                return body
-            last = body[:200]
-        except (urllib.error.URLError, OSError) as exc:
-            last = repr(exc)
-        time.sleep(2)
-    raise AssertionError(f"no page containing {expect!r} on 127.0.0.1:{port} within {timeout:.0f}s: {last}")
 
 
 def png_pixels(data: bytes) -> tuple[int, int, set[bytes]]:

@@ -1,14 +1,24 @@
 """imgbuild make web-server on the local target: the README's main job, verified for real.
 
-One VM (kept with --keep) serves the module: verify again, then a tampered known_hosts must fail.
+One VM (kept with --keep) serves the module, in file order: what the report says, what the local target
+promises (TCG, loopback-only forwards, reattaching, screenshots, media changes), verify again, make again
+(up to date), a cold boot without the seed, a tampered known_hosts that must fail, destroy.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
+from pathlib import Path
 
 import pytest
 
+from builder.iso.seed import build_seed_iso
+from builder.targets.base import VM
+from builder.targets.local import LocalTarget, choose_accel
+from builder.targets.local.qmp import QMPClient
+from tests.local.guest import png_pixels
 from tests.pipeline.conftest import check_named, qemu_processes
 
 pytestmark = pytest.mark.boot
@@ -59,6 +69,57 @@ def test_verify_again(imgbuild, made) -> None:
     assert all(c["ok"] for c in json.loads(result.stdout))
 
 
+def test_the_local_target_runs_it_as_promised(imgbuild, made) -> None:
+    """TCG picked automatically here (a fresh probe), virtio-blk with cache=none and the recipe's MAC,
+    forwards on loopback only, and a new LocalTarget reattaches to the running VM from its state file."""
+    verdict = choose_accel("auto", use_cache=False)
+    assert verdict.accel == "tcg", verdict
+    target = LocalTarget(imgbuild.out)
+    vm = target.find_vm("web-server")
+    assert vm is not None and target.is_running(vm)
+    assert vm.data["accel"] == "tcg" and vm.data["tcg_threads"] == verdict.tcg_threads
+    argv = (Path(vm.ident) / "qemu.argv").read_text()
+    assert f"tcg,thread={verdict.tcg_threads}" in argv
+    assert "hostfwd=tcp:127.0.0.1:" in argv and "hostfwd=tcp::" not in argv and "hostfwd=tcp:0.0.0.0" not in argv
+    assert "cache=none" in argv and "virtio-blk-pci" in argv and f"mac={vm.data['macs'][0]}" in argv
+    ep = target.endpoint(vm, "192.168.1.250", 22)
+    assert ep.host == "127.0.0.1" and f"-p {ep.port} " in made[1]["access"]["ssh"]
+    assert target.console_log(vm) == imgbuild.out / "web-server" / "console.log"
+
+
+def test_the_guest_has_an_identity_of_its_own(imgbuild, made) -> None:
+    """Over the access command make printed (pinned host key): the golden image's empty machine-id was
+    filled in on first boot, and ssh and the guest agent run."""
+    _, report = made
+    cmd = [*shlex.split(report["access"]["ssh"]), "-o", "BatchMode=yes",
+           "cat /etc/machine-id; hostname; systemctl is-active ssh qemu-guest-agent"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=imgbuild.root)
+    assert proc.returncode == 0, proc.stderr
+    machine_id, hostname, *active = proc.stdout.split()
+    assert len(machine_id) == 32 and hostname == "web-server" and active == ["active", "active"]
+
+
+def test_screendump_and_media_change(imgbuild, made, tmp_path) -> None:
+    target = LocalTarget(imgbuild.out)
+    vm = target.find_vm("web-server")
+    assert vm is not None
+    shot = target.screenshot(vm, tmp_path / "screen.png")
+    width, height, colours = png_pixels(shot.read_bytes())
+    assert width >= 640 and height >= 400 and len(colours) > 1, "screenshot is blank"
+
+    assert cdrom_file(vm) is None  # make detached the seed after verifying
+    files = {"meta-data": b"instance-id: media-test\n", "user-data": b"#cloud-config\n"}
+    iso = build_seed_iso(files, tmp_path / "media.iso", epoch=0)
+    staged = target.stage(iso, "iso", label="media-test")
+    try:
+        target.set_cdrom(vm, 0, staged)
+        assert cdrom_file(vm) == staged.ref
+        target.set_cdrom(vm, 0, None)
+        assert cdrom_file(vm) is None
+    finally:
+        target.unstage(staged)
+
+
 def test_make_again_finds_the_vm_up_to_date(imgbuild, made) -> None:
     """An unchanged recipe: nothing is built, staged or created; the VM is verified again, then shut down."""
     result = imgbuild("make", "web-server")
@@ -68,6 +129,8 @@ def test_make_again_finds_the_vm_up_to_date(imgbuild, made) -> None:
     assert report["cache"]["image"]["reused"] is True and report["vm"]["reused"] is True
     assert "staged" not in report["cache"] and report["ok"] and report["vm"]["state"] == "shut down"
     assert "is up to date on local" in result.stderr
+    console = (imgbuild.out / "web-server" / "console.log").read_text(errors="replace")
+    assert "reboot: Power down" in console, "the guest did not power off cleanly (ACPI)"
 
 
 def test_identity_survives_a_reboot_without_the_seed(imgbuild, made) -> None:
@@ -108,3 +171,13 @@ def test_destroy_removes_the_vm(imgbuild, made) -> None:
     result = imgbuild("destroy", "web-server")
     assert result.returncode == 0 and "destroyed" in result.stdout
     assert qemu_processes(imgbuild.out) == []
+    assert not (imgbuild.out / "web-server" / "vm").exists()
+
+
+def cdrom_file(vm: VM) -> str | None:
+    with QMPClient(Path(vm.data["sockdir"]) / "qmp.sock").connect() as qmp:
+        for dev in qmp.execute("query-block"):
+            if dev.get("qdev", "").endswith("cdrom0") or dev.get("device") == "drive-cd0":
+                inserted = dev.get("inserted")
+                return inserted["file"] if inserted else None
+    raise AssertionError("no cdrom0 in query-block")

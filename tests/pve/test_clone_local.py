@@ -3,7 +3,8 @@
 The source VM is created from web-server's golden image on the local target and never booted (what
 `make` would leave after verification, minus the boot); the CLI turns it into a template and makes a
 linked clone with its own seed (hostname, MAC, address from --ip, host key, instance-id), which boots
-and passes the recipe's checks over SSH and HTTP.
+and passes the recipe's checks over SSH and HTTP. The template refuses to boot, and to be destroyed while
+its linked clone exists.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from builder.errors import ImgbuildError
 from builder.image.build import build_golden_image
 from builder.pipeline import specs
 from builder.recipe import load_recipe
@@ -44,6 +46,14 @@ def test_template_and_linked_clone_on_the_local_target(tmp_path: Path) -> None:
         assert clone is not None and clone.data["macs"] == [derive_mac("web-2", 0)]
         assert clone.data["template_of"] == "web-server" and clone.data["cdroms"][0] is None  # seed forgotten
         assert derive_mac("web-2", 0) in (out / "web-2" / "network-config").read_text()
+
+        template = target.find_vm("web-server")
+        assert template is not None and target.is_template(template)
+        with pytest.raises(ImgbuildError, match="is a template; clone it"):
+            target.start(template)
+        proc = imgbuild("destroy", "web-server", "--target", "local", env=env)
+        assert proc.returncode == 1 and "template of linked clones: web-2" in proc.stderr, proc.stderr
+        assert target.find_vm("web-server") is not None
     finally:
         for name in ("web-2", "web-server"):
             imgbuild("destroy", name, "--target", "local", env=env)
