@@ -10,6 +10,7 @@ from pathlib import Path
 
 from builder.cachedir import cache_dir
 from builder.errors import CommandFailed, ImgbuildError
+from builder.fsutil import exclusive_lock
 from builder.image.spec import ImageSpec, package_set, variant
 from builder.proc import quote, require_tool
 from builder.progress import NullProgress, Progress
@@ -54,8 +55,14 @@ def mmdebstrap_argv(spec: ImageSpec, rootdir: Path, apt_cache: Path) -> list[str
 
 def bootstrap(spec: ImageSpec, rootdir: Path, *, progress: Progress = NullProgress()) -> None:
     require_tool("mmdebstrap", "mmdebstrap")
-    argv = mmdebstrap_argv(spec, rootdir, apt_archive_cache(spec.release))
-    run_streaming(argv, label="mmdebstrap", progress=progress)
+    cache = apt_archive_cache(spec.release)
+    argv = mmdebstrap_argv(spec, rootdir, cache)
+    # Two builds syncing .debs out into one cache at once could leave a torn file for the next build's
+    # sync-in: builds of a release take turns (they compete for the same CPUs and disk anyway).
+    lock = cache.parent / f".{cache.name}.lock"
+    waiting = f"image: waiting for another image build of {spec.release} to finish (they share the apt cache)"
+    with exclusive_lock(lock, on_wait=lambda: progress.step(waiting)):
+        run_streaming(argv, label="mmdebstrap", progress=progress)
 
 
 def run_streaming(argv: list[str], *, label: str, progress: Progress, tail_lines: int = 40) -> None:

@@ -8,7 +8,6 @@ key stops two processes from building the same image at once.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import logging
@@ -17,13 +16,12 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from builder.cachedir import cache_dir, content_key
 from builder.errors import ImgbuildError
-from builder.fsutil import atomic_output, write_atomic
+from builder.fsutil import atomic_output, exclusive_lock, write_atomic
 from builder.image import bootstrap as _bootstrap
 from builder.image.bootconfig import BootInfo
 from builder.image.configure import configure_rootfs, kernel_version
@@ -70,7 +68,7 @@ def build_golden_image(spec: ImageSpec, *, refresh: bool = False,
         progress.step(f"image: reusing {final.name}")
         return GoldenImage(final, key, cached=True)
     _require_build_environment(spec)
-    with _lock(lock_path(final)):
+    with exclusive_lock(lock_path(final)):
         if final.exists() and not refresh:  # another process finished it while we waited
             return GoldenImage(final, key, cached=True)
         _remove_stale_builds(final)
@@ -165,17 +163,6 @@ def _keep_kernel(vmlinuz: Path) -> None:
 def _esp_serial() -> str:
     raw = uuid.uuid4().hex[:8].upper()
     return f"{raw[:4]}-{raw[4:]}"
-
-
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 def _remove_stale_builds(final: Path) -> None:

@@ -71,3 +71,33 @@ def test_refresh_builds_again_and_leaves_the_old_bytes_to_their_holders(
     assert not refreshed.cached and refreshed.path == first.path and len(builds) == 2
     assert refreshed.path.read_bytes() == b"build 2"
     assert held.read_bytes() == b"build 1"
+
+
+def test_builds_of_a_release_take_turns_on_the_shared_apt_cache(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second build waits (and says so) while another one syncs .debs in and out of the apt cache."""
+    import threading
+
+    from builder.fsutil import exclusive_lock
+    from builder.image import bootstrap as bootstrap_mod
+
+    apt_cache = bootstrap_mod.apt_archive_cache("trixie")
+    ran: list[str] = []
+    monkeypatch.setattr(bootstrap_mod, "require_tool", lambda *a: "mmdebstrap")
+    monkeypatch.setattr(bootstrap_mod, "run_streaming", lambda argv, **kw: ran.append(argv[0]))
+
+    class Steps:
+        lines: list[str] = []
+
+        def step(self, text: str) -> None:
+            self.lines.append(text)
+
+    steps = Steps()
+    with exclusive_lock(apt_cache.parent / f".{apt_cache.name}.lock"):  # another build holds the cache
+        worker = threading.Thread(target=bootstrap_mod.bootstrap, args=(SPEC, cache / "root"),
+                                  kwargs={"progress": steps})  # fmt: skip
+        worker.start()
+        worker.join(timeout=1.0)
+        assert worker.is_alive() and ran == []
+        assert any("waiting for another image build of trixie" in line for line in steps.lines)
+    worker.join(timeout=10)
+    assert ran == ["mmdebstrap"]
