@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.iso.seed import build_seed_iso
+from builder.iso.seed import build_seed_iso, content_epoch
 from builder.targets.base import VM
 from builder.targets.local import LocalTarget, choose_accel
 from builder.targets.local.qmp import QMPClient
@@ -109,7 +109,7 @@ def test_screendump_and_media_change(imgbuild, made, tmp_path) -> None:
 
     assert cdrom_file(vm) is None  # make detached the seed after verifying
     files = {"meta-data": b"instance-id: media-test\n", "user-data": b"#cloud-config\n"}
-    iso = build_seed_iso(files, tmp_path / "media.iso", epoch=0)
+    iso = build_seed_iso(files, tmp_path / "media.iso", epoch=content_epoch(files))
     staged = target.stage(iso, "iso", label="media-test")
     try:
         target.set_cdrom(vm, 0, staged)
