@@ -48,6 +48,24 @@ def test_local_target_reads_only_the_current_boot(tmp_path: Path) -> None:
     assert target.console_panic(vm) is None
 
 
+
+def test_a_panic_under_requested_multi_threaded_tcg_says_how_to_avoid_it(tmp_path: Path) -> None:
+    from builder.targets.local.accel import qemu_version, tcg_threads
+
+    target = LocalTarget(tmp_path / "out")
+    vm = target.create_vm(VMSpec(name="racy", disks=(DiskSpec(1 << 30),), nics=(NicSpec("52:54:00:00:00:0b"),)))
+    target.console_log(vm).write_bytes(PANIC_CONSOLE)
+    vm.data.update(accel="tcg", tcg_threads="multi")
+    with pytest.raises(GuestCrashed, match="kernel panicked") as raised:
+        target._raise_if_panicked(vm, vm.data)
+    racy_qemu = tcg_threads("tcg", qemu_version())[0] == "single"  # QEMU 7.2 here: yes
+    assert ("plain --accel tcg runs it single-threaded" in raised.value.detail) == racy_qemu
+    vm.data["tcg_threads"] = "single"
+    with pytest.raises(GuestCrashed) as raised:
+        target._raise_if_panicked(vm, vm.data)
+    assert "--accel tcg" not in raised.value.detail
+
+
 class PanicsOnce:
     """Just the calls boot() makes, with a guest that panics on its first *panics* boots."""
 

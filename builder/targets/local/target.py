@@ -29,7 +29,7 @@ from builder.proc import require_tool, run
 from builder.targets.base import VM, ArtifactKind, Endpoint, GuestNetwork, Staged, Target, VMSpec
 from builder.targets.console import panic_since
 from builder.targets.local import png
-from builder.targets.local.accel import ACCEL_CHOICES, MTTCG_FIXED_IN, choose_accel, qemu_version
+from builder.targets.local.accel import ACCEL_CHOICES, choose_accel, qemu_version, tcg_threads
 from builder.targets.local.agent import GuestAgent, usable_addresses
 from builder.targets.local.network import SlirpNet, free_loopback_ports, slirp_for
 from builder.targets.local.qemu_cmd import OVMF_CODE, OVMF_VARS, DiskState, Layout, boot_indexes, qemu_argv
@@ -587,11 +587,10 @@ class LocalTarget(Target):
         if panic is None:
             return
         hint = ""
-        if state.get("accel") == "tcg" and state.get("tcg_threads") == "multi":
-            version = qemu_version(self.qemu)
-            if version is None or version[:2] < MTTCG_FIXED_IN:
-                hint = ("\nthis QEMU's multi-threaded TCG (--accel tcg-multi) now and then breaks a guest kernel's "
-                        "live code patching; plain --accel tcg runs it single-threaded")
+        ran_multi = state.get("accel") == "tcg" and state.get("tcg_threads") == "multi"
+        if ran_multi and tcg_threads("tcg", qemu_version(self.qemu))[0] == "single":  # multi was asked for
+            hint = ("\nthis QEMU's multi-threaded TCG (--accel tcg-multi) now and then breaks a guest kernel's "
+                    "live code patching; plain --accel tcg runs it single-threaded")
         raise GuestCrashed(f"{vm.name}'s kernel panicked: {panic}", detail=self._console_tail(vm) + hint)
 
     def _console_tail(self, vm: VM, lines: int = 15) -> str:
