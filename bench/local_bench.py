@@ -19,12 +19,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from builder.cachedir import cache_root  # noqa: E402
-from builder.image import build_golden_image, image_manifest  # noqa: E402
-from builder.targets.base import DiskSpec, GuestNetwork, NicSpec, VMSpec  # noqa: E402
-from builder.targets.local import LocalTarget, choose_accel  # noqa: E402
-from tests.local.conftest import WEB_SPEC  # noqa: E402
-from tests.local.guest import KeyPair, http_get, ssh_run, static_network, user_data, write_seed  # noqa: E402
+from builder.cachedir import cache_root
+from builder.image import build_golden_image, image_manifest
+from builder.targets.base import DiskSpec, GuestNetwork, NicSpec, VMSpec
+from builder.targets.local import LocalTarget, choose_accel
+from tests.local.conftest import WEB_SPEC
+from tests.local.guest import KeyPair, http_get, ssh_run, static_network, user_data, write_seed
 
 rows: list[tuple[str, float]] = []
 

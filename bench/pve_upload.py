@@ -231,7 +231,7 @@ def main() -> int:
                      f"{size / med_curl / MIB:.0f} ({size / best_curl / MIB:.0f}) | {ratio:.2f} | "
                      f"{rss:.0f} MB | {cpu_mine:.2f} s / {cpu_curl:.2f} s | {row['imgbuild'][0]['hash_s']:.1f} s | "
                      f"{'pass' if passed else 'FAIL'} |")
-        for i, (mine, theirs) in enumerate(zip(row["imgbuild"], row["curl"]), 1):
+        for i, (mine, theirs) in enumerate(zip(row["imgbuild"], row["curl"], strict=True), 1):
             rounds.append(f"| {gib:g} GiB | {i} | {size / mine['transfer_s'] / MIB:.0f} | "
                           f"{size / theirs['transfer_s'] / MIB:.0f} | {mine['cpu_s']:.1f} | {theirs['cpu_s']:.1f} | "
                           f"{mine['task_s']:.1f} s |")
@@ -243,7 +243,7 @@ def main() -> int:
 
 
 def write_markdown(path: Path, table: list[str], per_round: list[str], mach: dict[str, str], rounds: int) -> None:
-    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     text = f"""# Proxmox VE upload benchmark
 
 `bench/pve_upload.py` (one command: `.venv/bin/python bench/pve_upload.py --write bench/pve.md`) uploads
@@ -251,8 +251,8 @@ sparse 2 GiB and 4 GiB ISO files (random first MiB) to the PVE simulator running
 (`python -m tests.pvesim`, HTTPS on loopback), alternately with imgbuild's PVE uploader (a separate
 process: sha256, then one streamed multipart POST with the checksum fields, then PVE's import task)
 and with `curl -F` (same fields, same endpoint, same TLS). Throughput is the POST alone, start to answer;
-{rounds} rounds per tool, alternating, medians compared (best in brackets); peak RSS is the whole imgbuild upload process (hashing included),
-from wait4(). Criteria: peak RSS < {RSS_LIMIT_MB} MB; imgbuild's median >= {RATIO_MIN}x curl's.
+{rounds} rounds per tool, alternating, medians compared (best in brackets); peak RSS is the whole imgbuild upload
+process (hashing included), from wait4(). Criteria: peak RSS < {RSS_LIMIT_MB} MB; imgbuild's median >= {RATIO_MIN}x curl's.
 
 Last run: {when}
 

@@ -30,7 +30,8 @@ def run_job(job: Callable[[], Report], report_path: Path) -> Report:
 
 def print_summary(report: Report, name: str, report_path: Path, *, keep: bool, what: str = "") -> None:
     passed = sum(c["ok"] for c in report.checks)
-    print(f"{name}: {what + ' ' if what else ''}verified on {report.target} in {report.seconds:.0f}s ({passed}/{len(report.checks)} "
+    what = f"{what} " if what else ""
+    print(f"{name}: {what}verified on {report.target} in {report.seconds:.0f}s ({passed}/{len(report.checks)} "
           "checks passed)")
     print(f"  report: {report_path}")
     if keep:

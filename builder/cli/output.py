@@ -27,4 +27,4 @@ class Output:
             return
         widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
         for row in [header, *rows]:
-            print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip(), file=self.stream)
+            print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=self.stream)

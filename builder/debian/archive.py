@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -349,7 +349,7 @@ def _open_index(path: Path) -> Iterator[Iterator[str]]:
     if path.name.endswith(".xz"):
         fh: IO[bytes] = lzma.open(path, "rb")
     elif path.name.endswith(".gz"):
-        fh = gzip.open(path, "rb")
+        fh = cast(IO[bytes], gzip.open(path, "rb"))
     else:
         fh = open(path, "rb")
     try:

@@ -13,7 +13,7 @@ import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Literal, cast
 
 from builder.errors import ImgbuildError
 
@@ -55,13 +55,13 @@ def ar_members(fp: BinaryIO) -> Iterator[ArMember]:
 class _Window(io.RawIOBase):
     """A read-only view of bytes [offset, offset+size) of an open file."""
 
-    def __init__(self, fp: BinaryIO, offset: int, size: int) -> None:
+    def __init__(self, fp: io.BufferedIOBase, offset: int, size: int) -> None:
         self._fp, self._start, self._size, self._pos = fp, offset, size, 0
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:  # type: ignore[override]
+    def readinto(self, buffer: Any) -> int:
         remaining = self._size - self._pos
         if remaining <= 0:
             return 0
@@ -75,10 +75,10 @@ class _Window(io.RawIOBase):
 
 
 def _open_tar(fp: BinaryIO, member: ArMember) -> tarfile.TarFile:
-    window = io.BufferedReader(_Window(fp, member.offset, member.size), buffer_size=1 << 20)
+    window = io.BufferedReader(_Window(cast(io.BufferedIOBase, fp), member.offset, member.size), buffer_size=1 << 20)
     suffix = member.name.removeprefix("data.tar").lstrip(".")
     if suffix in ("xz", "gz", "bz2"):
-        return tarfile.open(fileobj=window, mode=f"r|{suffix}")
+        return tarfile.open(fileobj=window, mode=cast(Literal["r|xz", "r|gz", "r|bz2"], f"r|{suffix}"))
     if suffix == "":
         return tarfile.open(fileobj=window, mode="r|")
     if suffix == "zst":
@@ -145,7 +145,7 @@ def extract_paths(deb: Path, paths: Iterable[str], dest_dir: Path) -> dict[str, 
     """Extract exactly *paths* (package paths like 'usr/lib/ISOLINUX/isolinux.bin') into *dest_dir*, flat or
     mirrored by path; every requested path must exist."""
     wanted = {_normalise(p): dest_dir / _normalise(p) for p in paths}
-    written = extract(deb, lambda name: wanted.get(name))
+    written = extract(deb, wanted.get)
     missing = sorted(set(wanted) - set(written))
     if missing:
         raise DebError(f"{deb.name}: missing {', '.join(missing)}")

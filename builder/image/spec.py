@@ -110,5 +110,4 @@ def task_packages(tasks: tuple[str, ...]) -> list[str]:
 def package_set(spec: ImageSpec) -> list[str]:
     """Every package mmdebstrap is asked to include, in a stable order."""
     wanted = [*BASE_PACKAGES, *BOOTLOADER_PACKAGES[spec.bios], *task_packages(spec.tasks), *sorted(spec.packages)]
-    seen: set[str] = set()
-    return [p for p in wanted if not (p in seen or seen.add(p))]
+    return list(dict.fromkeys(wanted))  # first occurrence wins, order kept

@@ -49,7 +49,7 @@ def _dos_datetime(epoch: int) -> tuple[int, int]:
 class _Node:
     name: str
     data: bytes | None = None  # None: directory
-    children: dict[str, "_Node"] = field(default_factory=dict)
+    children: dict[str, _Node] = field(default_factory=dict)
     first_cluster: int = 0
 
     @property
@@ -146,7 +146,7 @@ def fat16_image(files: Mapping[str, bytes], *, label: str = "EFI", serial: int =
         0,
         total if total >= 0x10000 else 0,
     )
-    ebpb = struct.pack("<BBBI11s8s", 0x80, 0, 0x29, serial & 0xFFFFFFFF, label.upper().ljust(11)[:11].encode("ascii"), b"FAT16   ")
+    ebpb = struct.pack("<BBBI11s8s", 0x80, 0, 0x29, serial & 0xFFFFFFFF, label.upper().ljust(11)[:11].encode("ascii"), b"FAT16   ")  # noqa: E501
     image[0 : len(bpb)] = bpb
     image[len(bpb) : len(bpb) + len(ebpb)] = ebpb
     image[510:512] = b"\x55\xaa"

@@ -245,7 +245,7 @@ class InstallerLog:
         self.port = port
 
     # -- lifetime --
-    def __enter__(self) -> "InstallerLog":
+    def __enter__(self) -> InstallerLog:
         self.start()
         return self
 
@@ -290,7 +290,7 @@ class InstallerLog:
         while not self._stop.is_set():
             try:
                 data, _addr = self._sock.recvfrom(65535)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -343,7 +343,7 @@ class InstallerLog:
     def errors(self) -> list[InstallerEvent]:
         return self.events("error")
 
-    def wait_for(self, condition: Callable[["InstallerLog"], bool], timeout: float) -> bool:
+    def wait_for(self, condition: Callable[[InstallerLog], bool], timeout: float) -> bool:
         """Block until *condition(self)* holds (re-checked on every message) or *timeout* passes."""
         deadline = time.monotonic() + timeout
         with self._cond:

@@ -20,7 +20,7 @@ import types
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import Any, BinaryIO, cast
 
 import pycdlib
 
@@ -57,7 +57,7 @@ def pinned_clock(epoch: int) -> Iterator[None]:
     modules = [importlib.import_module(name) for name in _CLOCK_MODULES]
     fake = _fake_time_module(epoch)
     with _clock_lock:
-        saved = [(m, m.time) for m in modules if hasattr(m, "time")]  # type: ignore[attr-defined]
+        saved = [(m, m.time) for m in modules if hasattr(m, "time")]
         for module, _ in saved:
             module.time = fake  # type: ignore[attr-defined]
         try:
@@ -132,7 +132,7 @@ class Concat:
     def size(self) -> int:
         return sum(_part_size(p) for p in self.parts)
 
-    def open(self) -> "ConcatReader":
+    def open(self) -> ConcatReader:
         return ConcatReader(self.parts)
 
 
@@ -155,7 +155,7 @@ class ConcatReader(io.RawIOBase):
             offset += size
         self._size = offset
         self._pos = 0
-        self._handles: dict[int, BinaryIO] = {}
+        self._handles: dict[int, io.BufferedReader] = {}
 
     def readable(self) -> bool:
         return True
@@ -171,7 +171,7 @@ class ConcatReader(io.RawIOBase):
         self._pos = max(0, base + offset)
         return self._pos
 
-    def readinto(self, buffer) -> int:  # type: ignore[override]
+    def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         done = 0
         for index, (start, size, part) in enumerate(self._parts):
@@ -229,7 +229,7 @@ class ElTorito:
 @dataclass
 class _Dir:
     iso: str
-    children: dict[str, "_Dir"] = field(default_factory=dict)
+    children: dict[str, _Dir] = field(default_factory=dict)
     taken: set[str] = field(default_factory=set)
 
 
@@ -337,7 +337,7 @@ class IsoBuilder:
                     self._add_boot(iso, boot, file_iso)
                 # 0600: a seed ISO holds the guest's private host key, an installer ISO the password hashes.
                 with atomic_output(dest, mode=0o600) as out:
-                    iso.write_fp(out, blocksize=1 << 20, progress_cb=report)
+                    iso.write_fp(cast(BinaryIO, out), blocksize=1 << 20, progress_cb=report)
         except pycdlib.pycdlibexception.PyCdlibException as exc:
             raise ImgbuildError(f"cannot build {dest.name}: {exc}") from exc
         finally:

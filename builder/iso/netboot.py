@@ -122,6 +122,6 @@ def fetch_netboot(release: str, archive: Archive, *, progress: Progress = NullPr
     for pkg, names in groups.items():
         ref = refs[pkg]
         fetch = functools.partial(archive.fetch_deb, ref)
-        for short, (path, digest) in _extract_cached(ref, fetch, names, progress).items():
-            files[short], sha[short] = path, digest
+        for short, (extracted, digest) in _extract_cached(ref, fetch, names, progress).items():
+            files[short], sha[short] = extracted, digest
     return NetbootFiles(release=release, packages=refs, files=files, sha256=sha)

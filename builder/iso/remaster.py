@@ -145,7 +145,8 @@ def _inspect(img: _Image) -> BaseLayout:
     has_isolinux = img.exists(ISOLINUX_CFG)
     has_grub = img.exists(GRUB_CFG)
     if not has_isolinux and not has_grub:
-        raise RemasterError("the base ISO has neither isolinux/isolinux.cfg nor boot/grub/grub.cfg: cannot make it boot unattended")
+        raise RemasterError("the base ISO has neither isolinux/isolinux.cfg nor boot/grub/grub.cfg: "
+                            "cannot make it boot unattended")
     ui = next((name for name in ("menu.c32", "vesamenu.c32") if img.exists(f"/isolinux/{name}")), None)
     volume_id = img.iso.pvd.volume_identifier.decode("ascii", "replace").strip()
     release = release_from_disk_info(img.read("/.disk/info").decode("utf-8", "replace")) if img.exists("/.disk/info") else ""
@@ -178,7 +179,7 @@ def update_md5sums(text: str, changed: dict[str, bytes]) -> str:
     wanted = {"./" + path.lstrip("/"): hashlib.md5(data).hexdigest() for path, data in changed.items()}
     out: list[str] = []
     for line in text.splitlines():
-        digest, sep, name = line.partition("  ")
+        _digest, sep, name = line.partition("  ")
         if sep and name in wanted:
             out.append(f"{wanted.pop(name)}  {name}")
         else:

@@ -25,7 +25,7 @@ class Report:
     recipe: str
     target: str
     method: str
-    started: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    started: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     finished: str | None = None
     ok: bool = False
     error: str | None = None
@@ -43,7 +43,7 @@ class Report:
     def finish(self, ok: bool, error: str | None = None) -> None:
         self.ok = ok
         self.error = error
-        self.finished = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        self.finished = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
     @property
     def seconds(self) -> float:

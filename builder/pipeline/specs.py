@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Literal, cast
+
 from builder.image.spec import ImageSpec
 from builder.recipe.model import Recipe
 from builder.targets.base import DiskSpec, GuestNetwork, NicSpec, Staged, VMSpec
+
+# The recipe schema admits exactly these values (builder/recipe/recipe.schema.json enums).
+Bus = Literal["virtio", "scsi", "sata", "ide"]
+Cache = Literal["none", "writethrough", "writeback", "directsync", "unsafe"]
 
 
 def image_spec(recipe: Recipe) -> ImageSpec:
@@ -23,7 +29,7 @@ def image_spec(recipe: Recipe) -> ImageSpec:
 def guest_network(recipe: Recipe) -> GuestNetwork:
     net = recipe.network
     # nat with an address is static addressing inside the NAT subnet; targets care about addressing.
-    mode = "static" if net.is_static else "dhcp"
+    mode: Literal["static", "dhcp"] = "static" if net.is_static else "dhcp"
     return GuestNetwork(mode=mode, address=net.address, gateway=net.gateway, nameservers=net.nameservers)
 
 
@@ -43,8 +49,8 @@ def vm_spec(recipe: Recipe, *, disk_source: Staged | None, cdroms: tuple[Staged 
         cpu=recipe.vm.cpu,
         display=recipe.vm.display,
         bios=recipe.vm.bios,
-        disks=(DiskSpec(size_bytes=recipe.disk.size_bytes, bus=recipe.disk.bus, cache=recipe.disk.cache,
-                        source=disk_source),),
+        disks=(DiskSpec(size_bytes=recipe.disk.size_bytes, bus=cast(Bus, recipe.disk.bus),
+                        cache=cast(Cache, recipe.disk.cache), source=disk_source),),
         cdroms=cdroms,
         nics=(NicSpec(mac=mac or net.mac, bridge=net.bridge, vlan=net.vlan, firewall=net.firewall),),
         network=guest_network(recipe),

@@ -76,7 +76,7 @@ def _load_chain(path: Path, recipes_dir: Path, seen: tuple[Path, ...]) -> Marked
         chain = " -> ".join(p.stem for p in (*seen, path, parent_path))
         doc.problems.append(Problem(path, line, ("extends",), f"extends cycle: {chain}"))
         return doc
-    parent = _load_chain(parent_path, recipes_dir, seen + (path,))
+    parent = _load_chain(parent_path, recipes_dir, (*seen, path))
     merged = _merge(parent, doc)
     merged.data["name"] = own_name
     if "name" not in doc.data:

@@ -33,10 +33,10 @@ def string_problems(data: Any, path: FieldPath = ()) -> list[tuple[FieldPath, st
     found: list[tuple[FieldPath, str]] = []
     if isinstance(data, dict):
         for key, value in data.items():
-            found += string_problems(value, path + (key,))
+            found += string_problems(value, (*path, key))
     elif isinstance(data, list):
         for i, value in enumerate(data):
-            found += string_problems(value, path + (i,))
+            found += string_problems(value, (*path, i))
     elif isinstance(data, str):
         shape = _generic(path)
         bad = v.control_chars(data, allow="\t\n" if shape in MULTILINE_FIELDS else "")
@@ -119,23 +119,23 @@ def _user_problems(users: list[dict[str, Any]], recipe_file: Path) -> Found:
     seen_users: set[str] = set()
     for i, user in enumerate(users):
         base = ("users", i)
-        check(base + ("name",), v.user_name(user["name"]))
+        check((*base, "name"), v.user_name(user["name"]))
         if user["name"] in seen_users:
-            check(base + ("name",), f"user {user['name']!r} is listed twice")
+            check((*base, "name"), f"user {user['name']!r} is listed twice")
         seen_users.add(user["name"])
-        check(base + ("full_name",), v.full_name(user["full_name"]) if user["full_name"] else None)
+        check((*base, "full_name"), v.full_name(user["full_name"]) if user["full_name"] else None)
         found += _password_problems(user, base)
         for k, key in enumerate(user["ssh_keys"]):
-            check(base + ("ssh_keys", k), v.ssh_public_key(key))
+            check((*base, "ssh_keys", k), v.ssh_public_key(key))
         for k, name in enumerate(user["ssh_key_files"]):
             path = (recipe_file.parent / Path(name).expanduser())
             if not path.is_file():
-                check(base + ("ssh_key_files", k), f"file not found: {path}")
+                check((*base, "ssh_key_files", k), f"file not found: {path}")
                 continue
             for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
                 if line.strip() and not line.startswith("#"):
                     bad = v.ssh_public_key(line)
-                    check(base + ("ssh_key_files", k), bad and f"{path}:{n}: {bad}")
+                    check((*base, "ssh_key_files", k), bad and f"{path}:{n}: {bad}")
     return found
 
 
@@ -200,11 +200,11 @@ def _password_problems(account: dict[str, Any], base: FieldPath) -> list[tuple[F
     if account.get("password_hash") is not None:
         bad = v.crypt_hash(account["password_hash"])
         if bad:
-            found.append((base + ("password_hash",), bad))
+            found.append(((*base, "password_hash"), bad))
         if account.get("password_env") is not None:
-            found.append((base + ("password_env",), "give password_hash or password_env, not both"))
+            found.append(((*base, "password_env"), "give password_hash or password_env, not both"))
     if account.get("password_env") is not None and not v.ENV_NAME.match(account["password_env"]):
-        found.append((base + ("password_env",), f"{account['password_env']!r} is not an environment variable name"))
+        found.append(((*base, "password_env"), f"{account['password_env']!r} is not an environment variable name"))
     return found
 
 

@@ -58,7 +58,7 @@ def schema_problems(data: Any) -> list[tuple[FieldPath, str]]:
             known = sorted(error.schema.get("properties", {}))
             for key in sorted(set(error.instance) - set(known)):
                 hint = _suggest(key, known) or f" (valid here: {', '.join(known)})"
-                found.append((path + (key,), f"unknown field{hint}"))
+                found.append(((*path, key), f"unknown field{hint}"))
         elif kind == "enum":
             choices = [c for c in error.validator_value]
             shown = ", ".join("null" if c is None else str(c) for c in choices)
@@ -66,7 +66,7 @@ def schema_problems(data: Any) -> list[tuple[FieldPath, str]]:
             found.append((path, f"{error.instance!r} is not a valid choice{hint} (choose one of: {shown})"))
         elif kind == "required":
             missing = error.message.split("'")[1] if "'" in error.message else str(error.validator_value)
-            found.append((path + (missing,), "required field is missing"))
+            found.append(((*path, missing), "required field is missing"))
         elif kind == "type":
             wanted = error.validator_value
             wanted_text = " or ".join(wanted) if isinstance(wanted, list) else wanted

@@ -14,10 +14,9 @@ import unicodedata
 HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 RESERVED_USERS = frozenset(
-    "root daemon bin sys sync games man lp mail news uucp proxy www-data backup list irc gnats nobody "
-    "systemd-network systemd-resolve systemd-timesync messagebus sshd _apt lightdm polkitd".split()
+    ["root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp", "proxy", "www-data", "backup", "list", "irc", "gnats", "nobody", "systemd-network", "systemd-resolve", "systemd-timesync", "messagebus", "sshd", "_apt", "lightdm", "polkitd"]  # noqa: E501
 )
-CRYPT_HASH = re.compile(r"^(\$6\$(rounds=\d{4,9}\$)?[./A-Za-z0-9]{1,16}\$[./A-Za-z0-9]{86}|\$y\$[./A-Za-z0-9]+\$[./A-Za-z0-9]{1,86}\$[./A-Za-z0-9]{43})$")
+CRYPT_HASH = re.compile(r"^(\$6\$(rounds=\d{4,9}\$)?[./A-Za-z0-9]{1,16}\$[./A-Za-z0-9]{86}|\$y\$[./A-Za-z0-9]+\$[./A-Za-z0-9]{1,86}\$[./A-Za-z0-9]{43})$")  # noqa: E501
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 LOCALE = re.compile(r"^[a-z]{2,3}_[A-Z]{2}(\.UTF-8)?(@[a-z]+)?$")
 KEYBOARD = re.compile(r"^[a-z]{2,3}(\([a-z0-9_-]+\))?$")

@@ -66,7 +66,7 @@ def _build(node: yaml.Node, path: FieldPath, file: Path, doc: MarkedDoc, ctor: y
             key = ctor.construct_object(key_node, deep=True)
             if not isinstance(key, str):
                 key = str(key)
-            child = path + (key,)
+            child = (*path, key)
             if key in result:
                 doc.problems.append(Problem(file, key_node.start_mark.line + 1, child, "duplicate key"))
             result[key] = _build(value_node, child, file, doc, ctor)
@@ -74,7 +74,7 @@ def _build(node: yaml.Node, path: FieldPath, file: Path, doc: MarkedDoc, ctor: y
             doc.marks[child] = (file, key_node.start_mark.line + 1)
         return result
     if isinstance(node, yaml.SequenceNode):
-        return [_build(item, path + (i,), file, doc, ctor) for i, item in enumerate(node.value)]
+        return [_build(item, (*path, i), file, doc, ctor) for i, item in enumerate(node.value)]
     try:
         return ctor.construct_object(node, deep=True)
     except yaml.constructor.ConstructorError as exc:

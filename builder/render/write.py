@@ -52,7 +52,8 @@ def recipe_out_dir(out_root: Path, recipe: Recipe) -> Path:
     return path
 
 
-def resolve_inputs(recipe: Recipe, out_dir: Path, environ: Mapping[str, str]) -> tuple[RenderInputs, Path | None, tuple[str, ...]]:
+def resolve_inputs(recipe: Recipe, out_dir: Path,
+                   environ: Mapping[str, str]) -> tuple[RenderInputs, Path | None, tuple[str, ...]]:
     host = ensure_keypair(out_dir / HOST_KEY, comment=f"root@{recipe.hostname}")
     admin_key = None
     extra: dict[str, tuple[str, ...]] = {}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +78,7 @@ class GuestShell:
                     detail=f"expected {fingerprint(exc.expected_key)}, the guest offered {fingerprint(exc.key)}; "
                            "refusing to connect",
                 ) from exc
-            except (OSError, socket.timeout, paramiko.SSHException, EOFError) as exc:
+            except (TimeoutError, OSError, paramiko.SSHException, EOFError) as exc:
                 client.close()
                 last = f"{type(exc).__name__}: {exc}"
             if time.monotonic() >= deadline:

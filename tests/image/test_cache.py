@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import pytest
@@ -86,7 +87,7 @@ def test_builds_of_a_release_take_turns_on_the_shared_apt_cache(cache: Path, mon
     monkeypatch.setattr(bootstrap_mod, "run_streaming", lambda argv, **kw: ran.append(argv[0]))
 
     class Steps:
-        lines: list[str] = []
+        lines: typing.ClassVar[list[str]] = []
 
         def step(self, text: str) -> None:
             self.lines.append(text)

@@ -24,7 +24,7 @@ VOLUME = "Debian 13 amd64 n"
 
 ISOLINUX_CFG = """# D-I config version 2.0
 # search path for the c32 support libraries (libcom32, libutil etc.)
-path 
+path
 include menu.cfg
 default vesamenu.c32
 prompt 0
@@ -39,7 +39,7 @@ TXT_CFG = """default install
 label install
 \tmenu label ^Install
 \tkernel /install.amd/vmlinuz
-\tappend vga=788 initrd=/install.amd/initrd.gz --- quiet 
+\tappend vga=788 initrd=/install.amd/initrd.gz --- quiet
 """
 GRUB_CFG = """if loadfont $prefix/font.pf2 ; then
   set gfxmode=800x600

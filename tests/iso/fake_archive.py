@@ -130,7 +130,7 @@ def serve(archive: FakeArchive) -> tuple[http.server.ThreadingHTTPServer, thread
         def __init__(self, *args, **kwargs):
             super().__init__(*args, directory=str(root), **kwargs)
 
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             archive.requests.append(self.path)
             return super().do_GET()
 

@@ -82,7 +82,7 @@ def _gather(log: InstallerLog, vm: InstallerVM, net: RecipeNetwork) -> Proof:
 
 def _diagnosis(log: InstallerLog, vm: InstallerVM) -> str:
     return (
-        f"\n--- last installer syslog lines ---\n" + "\n".join(log.lines()[-25:])
+        "\n--- last installer syslog lines ---\n" + "\n".join(log.lines()[-25:])
         + f"\n--- serial console tail ---\n{vm.serial_tail(2500)}\n--- logs kept in {vm.dir} ---"
     )
 
@@ -179,7 +179,7 @@ def test_installer_iso_secure_boot(netboot: NetbootFiles, recipe_network: Recipe
     the ISO: the kernel reports Secure Boot enabled. Stops there: the rest is the UEFI test's."""
     from builder.iso.installer import build_installer_iso
 
-    iso = build_installer_iso(b"d-i debian-installer/locale string en_US\n", tmp_path / "sb.iso", release="trixie", netboot=netboot).path
+    iso = build_installer_iso(b"d-i debian-installer/locale string en_US\n", tmp_path / "sb.iso", release="trixie", netboot=netboot).path  # noqa: E501
     plan = slirp_plan(recipe_network.address, recipe_network.gateway, recipe_network.nameserver)
     with InstallerVM(iso, tmp_path / "vm", firmware="uefi-secureboot", plan=plan) as vm:
         deadline = time.monotonic() + 300

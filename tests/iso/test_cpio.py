@@ -90,7 +90,7 @@ def test_gnu_cpio_agrees_on_bytes(tmp_path: Path) -> None:
     (src / "preseed.cfg").write_bytes(b"abc\n")
     ours = cpio.newc([cpio.file("preseed.cfg", b"abc\n")])
     theirs = subprocess.run(
-        ["cpio", "-o", "-H", "newc", "-R", "0:0", "--reproducible"], input=b"preseed.cfg\n", cwd=src, capture_output=True, check=True
+        ["cpio", "-o", "-H", "newc", "-R", "0:0", "--reproducible"], input=b"preseed.cfg\n", cwd=src, capture_output=True, check=True  # noqa: E501
     ).stdout
     assert read_newc_stream(ours) == read_newc_stream(theirs)
     assert len(ours) % 4 == 0

@@ -89,7 +89,7 @@ def test_menus_default_to_the_automated_install(installer: Path) -> None:
             assert arg in cfg
         assert "auto=true" not in cfg
         # installer-only arguments before ---, consoles after (copied to the installed system)
-        auto = [l for l in cfg.splitlines() if "priority=critical" in l][0]
+        auto = next(l for l in cfg.splitlines() if "priority=critical" in l)
         before, _, after = auto.partition(" --- ")
         assert "log_port=5140" in before and "console=ttyS0,115200n8" in after
 

@@ -141,9 +141,8 @@ def test_listener_closes_on_error_and_refuses_non_loopback() -> None:
     with pytest.raises(ImgbuildError, match="loopback"):
         InstallerLog(host="0.0.0.0")
     log = InstallerLog()
-    with pytest.raises(RuntimeError):
-        with log:
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), log:
+        raise RuntimeError("boom")
     assert log._sock is None
 
 

@@ -75,7 +75,7 @@ def test_md5sums_match_the_files(remastered: Path, debian_like_small: Path) -> N
     for line in sums:
         digest, name = line.split("  ", 1)
         listed[name[1:]] = digest
-    for path in ("/install.amd/preseed.gz", "/isolinux/isolinux.cfg", "/isolinux/orig.cfg", "/boot/grub/grub.cfg", "/boot/grub/orig.cfg"):
+    for path in ("/install.amd/preseed.gz", "/isolinux/isolinux.cfg", "/isolinux/orig.cfg", "/boot/grub/grub.cfg", "/boot/grub/orig.cfg"):  # noqa: E501
         assert path in listed, path
     for path, digest in listed.items():
         assert hashlib.md5(isoinfo_bytes(remastered, path)).hexdigest() == digest, path
@@ -169,7 +169,7 @@ def iso_server(tmp_path: Path, debian_like_small: Path, monkeypatch: pytest.Monk
         def __init__(self, *args, **kwargs):
             super().__init__(*args, directory=str(root), **kwargs)
 
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             requests.append(self.path)
             return super().do_GET()
 
@@ -197,7 +197,7 @@ def os_link_or_copy(src: Path, dest: Path) -> None:
 def test_base_iso_from_a_url_is_verified_and_cached(iso_server, tmp_path: Path) -> None:
     from builder.iso.remaster import fetch_base_iso
 
-    url, root, name, digest, requests = iso_server
+    url, _root, name, digest, requests = iso_server
     path = fetch_base_iso(f"{url}/{name}", f"{url}/SHA256SUMS")
     assert path.name == f"{digest}.iso" and hashlib.sha256(path.read_bytes()).hexdigest() == digest
     requests.clear()

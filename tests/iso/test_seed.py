@@ -92,7 +92,7 @@ def test_dates_are_the_epoch(seed: Path) -> None:
     22:13:20); expiration is unset. Read straight from the primary volume descriptor."""
     pvd = seed.read_bytes()[16 * 2048 : 17 * 2048]
     assert pvd[1:6] == b"CD001"
-    dates = {name: pvd[off : off + 17] for name, off in (("created", 813), ("modified", 830), ("expires", 847), ("effective", 864))}
+    dates = {name: pvd[off : off + 17] for name, off in (("created", 813), ("modified", 830), ("expires", 847), ("effective", 864))}  # noqa: E501
     for name in ("created", "modified", "effective"):
         assert dates[name] == b"2023111422132000\x00", (name, dates[name])
     assert dates["expires"][:16] in (b"0" * 16, b"\x00" * 16)

@@ -96,7 +96,7 @@ class InstallerVM:
             ]
         return cmd
 
-    def __enter__(self) -> "InstallerVM":
+    def __enter__(self) -> InstallerVM:
         self.dir.mkdir(parents=True, exist_ok=True)
         subprocess.run(["qemu-img", "create", "-f", "qcow2", str(self.disk), "8G"], check=True, capture_output=True)
         with open(self.qemu_log, "wb") as log:

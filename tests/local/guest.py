@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from builder.iso.seed import build_seed_iso, content_epoch
 
-
 # paramiko logs every refused connection while sshd is still starting, with a traceback: not news here.
 logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 

@@ -10,9 +10,9 @@ import pytest
 
 from builder.cachedir import cache_dir
 from builder.proc import run
+from builder.qcow2 import backing_file, virtual_size
 from builder.targets.base import VM, DiskSpec, NicSpec, Staged, VMSpec
 from builder.targets.local import LocalTarget
-from builder.qcow2 import backing_file, virtual_size
 from builder.targets.local.prune import backing_chain, unused_staged_images
 
 

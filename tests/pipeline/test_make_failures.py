@@ -44,7 +44,7 @@ def test_wrong_http_text_fails_make_and_reuses_the_image(imgbuild) -> None:
     assert http["seen"].startswith("HTTP 200") and "Apache2" in http["seen"]
     assert check_named(report, "ssh")["ok"]
     assert report["cache"]["image"]["reused"] is True
-    verify = [s for s in report["stages"] if s["name"] == "verify"][0]
+    verify = next(s for s in report["stages"] if s["name"] == "verify")
     assert verify["ok"] is False and "1 of 2 checks failed" in verify["detail"]
     # A failed make leaves no VM behind (no --keep-on-failure).
     assert report["vm"]["state"] == "destroyed after failure"

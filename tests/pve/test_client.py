@@ -77,9 +77,8 @@ def test_post_5xx_is_not_retried(target, pve_sim: PveSimulator) -> None:  # type
 
 
 def test_parameter_errors_carry_pve_errors_body(target, pve_sim: PveSimulator) -> None:  # type: ignore[no-untyped-def]
-    with pve_sim.expecting_rejection("schema"):
-        with pytest.raises(PveError) as err:
-            target.client.post("/nodes/pve/qemu", vmid=100, net0="virtio=zz")
+    with pve_sim.expecting_rejection("schema"), pytest.raises(PveError) as err:
+        target.client.post("/nodes/pve/qemu", vmid=100, net0="virtio=zz")
     assert "Parameter verification failed" in err.value.message
     assert "net0" in err.value.errors and "net0:" in err.value.detail
 

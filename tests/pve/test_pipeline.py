@@ -21,8 +21,8 @@ from builder.cli.main import main
 from builder.errors import ImgbuildError
 from builder.image.build import GoldenImage
 from builder.pipeline import make as make_module
-from builder.proc import run
 from builder.pipeline.make import MakeOptions, make
+from builder.proc import run
 from builder.recipe import load_recipe
 from builder.recipe.model import Recipe, derived_mac
 from builder.targets.pve.connect import open_pve_target

@@ -329,9 +329,9 @@ class PveApi:
         volid = self._real_volid(p["storage"], p["volume"])
         vol = self._volume(volid)
         ownervm = vol.vmid if vol else None
-        if vol is not None and vol.content == "images" and ownervm in self.vms:
-            if any(volid in v for v in self.vms[ownervm].config.values()):
-                raise die(f"unable to delete '{volid}' - volume is still in use (VM {ownervm})")
+        if (vol is not None and vol.content == "images" and ownervm in self.vms
+                and any(volid in v for v in self.vms[ownervm].config.values())):
+            raise die(f"unable to delete '{volid}' - volume is still in use (VM {ownervm})")
 
         def work(task: Task) -> None:
             with self.lock:
@@ -372,9 +372,8 @@ class PveApi:
             elif content == "vztmpl":
                 if not re.search(r"[^/]+\.tar\.(gz|xz|zst|bz2)$", name, re.I):
                     raise ParamError({"filename": "wrong file extension"})
-            elif content == "import":
-                if not re.search(r"^[a-zA-Z0-9\-\.\+\=\_]+\.(ova|qcow2|raw|vmdk)$", name):
-                    raise ParamError({"filename": "invalid filename or wrong extension"})
+            elif content == "import" and not re.search(r"^[a-zA-Z0-9\-\.\+\=\_]+\.(ova|qcow2|raw|vmdk)$", name):
+                raise ParamError({"filename": "invalid filename or wrong extension"})
             if content not in sdef.content:
                 raise die(f"storage '{sdef.id}' does not support '{content}' content")
             dest = sdef.content_dir(content) / name
@@ -461,7 +460,7 @@ class PveApi:
                 tmp.unlink(missing_ok=True)
             with self.lock:
                 self.storages.add_file(sdef, content, name, dest)
-            task.log("download of '{}' to '{}' finished".format(url, dest))
+            task.log(f"download of '{url}' to '{dest}' finished")
 
         return self._task("download", sdef.id, user, work)
 
@@ -691,9 +690,8 @@ class PveApi:
 
     def _check_config_params(self, vm_config: dict[str, str], p: dict[str, Any], vmid: int) -> dict[str, Any]:
         """Synchronous checks of a create/config request; returns the parsed drives."""
-        if "cdrom" in p:
-            if "ide2" in p:
-                raise ParamError({"cdrom": "conflicts with ide2"})
+        if "cdrom" in p and "ide2" in p:
+            raise ParamError({"cdrom": "conflicts with ide2"})
         drives: dict[str, Any] = {}
         for key, value in p.items():
             value = perl_str(value)
@@ -1036,7 +1034,7 @@ class PveApi:
                         if not key.startswith("unused"):
                             drive = self._parse(key, vm.config[key])
                             if drive.get("media") != "cdrom":
-                                task.log(f"  Logical volume \"{Path(drive['file'].split(':', 1)[1]).name}\" successfully removed.")
+                                task.log(f"  Logical volume \"{Path(drive['file'].split(':', 1)[1]).name}\" successfully removed.")  # noqa: E501
                 if p.get("destroy-unreferenced-disks", "1") == "1":
                     for vol in [v for v in self.storages.volumes.values() if v.vmid == vm.vmid and v.content == "images"]:
                         self.storages.free(vol.volid)

@@ -66,7 +66,7 @@ class VMBackend(abc.ABC):
     def pid(self, vmid: int) -> int | None:
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook: backends with nothing to stop keep it)
         """Stop everything (simulator shutdown)."""
 
 
@@ -248,6 +248,6 @@ def _net_format() -> dict[str, Any]:
 def _link_local(mac: str) -> str:
     octets = [int(x, 16) for x in mac.split(":")]
     octets[0] ^= 0x02
-    eui = octets[:3] + [0xFF, 0xFE] + octets[3:]
+    eui = [*octets[:3], 255, 254, *octets[3:]]
     groups = [f"{eui[i] << 8 | eui[i + 1]:x}" for i in range(0, 8, 2)]
     return "fe80::" + ":".join(groups)

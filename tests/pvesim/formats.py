@@ -313,7 +313,7 @@ def verify_volume_id_or_qm_path(v: str) -> None:
 
 def drive_names() -> list[str]:
     names = [f"{bus}{i}" for bus, n in DRIVE_COUNTS.items() for i in range(n)]
-    return names + ["efidisk0", "tpmstate0"]
+    return [*names, "efidisk0", "tpmstate0"]
 
 
 def is_valid_drivename(v: str) -> bool:
@@ -401,23 +401,9 @@ CICUSTOM_FMT: dict[str, dict[str, Any]] = {
     key: {"type": "string", "format": "pve-volume-id", **_OPT} for key in ("meta", "network", "user", "vendor")
 }
 
-CPU_VENDOR_LIST = (
-    "486 pentium pentium2 pentium3 coreduo core2duo Conroe Penryn Nehalem Nehalem-IBRS Westmere "
-    "Westmere-IBRS SandyBridge SandyBridge-IBRS IvyBridge IvyBridge-IBRS Haswell Haswell-IBRS "
-    "Haswell-noTSX Haswell-noTSX-IBRS Broadwell Broadwell-IBRS Broadwell-noTSX Broadwell-noTSX-IBRS "
-    "Skylake-Client Skylake-Client-IBRS Skylake-Client-noTSX-IBRS Skylake-Client-v4 Skylake-Server "
-    "Skylake-Server-IBRS Skylake-Server-noTSX-IBRS Skylake-Server-v4 Skylake-Server-v5 "
-    "Cascadelake-Server Cascadelake-Server-v2 Cascadelake-Server-noTSX Cascadelake-Server-v4 "
-    "Cascadelake-Server-v5 Cooperlake Cooperlake-v2 KnightsMill Icelake-Client Icelake-Client-noTSX "
-    "Icelake-Server Icelake-Server-noTSX Icelake-Server-v3 Icelake-Server-v4 Icelake-Server-v5 "
-    "Icelake-Server-v6 SapphireRapids SapphireRapids-v2 GraniteRapids athlon phenom Opteron_G1 "
-    "Opteron_G2 Opteron_G3 Opteron_G4 Opteron_G5 EPYC EPYC-IBPB EPYC-v3 EPYC-v4 EPYC-Rome EPYC-Rome-v2 "
-    "EPYC-Rome-v3 EPYC-Rome-v4 EPYC-Milan EPYC-Milan-v2 EPYC-Genoa host kvm32 kvm64 qemu32 qemu64 max"
-).split()
+CPU_VENDOR_LIST = ["486", "pentium", "pentium2", "pentium3", "coreduo", "core2duo", "Conroe", "Penryn", "Nehalem", "Nehalem-IBRS", "Westmere", "Westmere-IBRS", "SandyBridge", "SandyBridge-IBRS", "IvyBridge", "IvyBridge-IBRS", "Haswell", "Haswell-IBRS", "Haswell-noTSX", "Haswell-noTSX-IBRS", "Broadwell", "Broadwell-IBRS", "Broadwell-noTSX", "Broadwell-noTSX-IBRS", "Skylake-Client", "Skylake-Client-IBRS", "Skylake-Client-noTSX-IBRS", "Skylake-Client-v4", "Skylake-Server", "Skylake-Server-IBRS", "Skylake-Server-noTSX-IBRS", "Skylake-Server-v4", "Skylake-Server-v5", "Cascadelake-Server", "Cascadelake-Server-v2", "Cascadelake-Server-noTSX", "Cascadelake-Server-v4", "Cascadelake-Server-v5", "Cooperlake", "Cooperlake-v2", "KnightsMill", "Icelake-Client", "Icelake-Client-noTSX", "Icelake-Server", "Icelake-Server-noTSX", "Icelake-Server-v3", "Icelake-Server-v4", "Icelake-Server-v5", "Icelake-Server-v6", "SapphireRapids", "SapphireRapids-v2", "GraniteRapids", "athlon", "phenom", "Opteron_G1", "Opteron_G2", "Opteron_G3", "Opteron_G4", "Opteron_G5", "EPYC", "EPYC-IBPB", "EPYC-v3", "EPYC-v4", "EPYC-Rome", "EPYC-Rome-v2", "EPYC-Rome-v3", "EPYC-Rome-v4", "EPYC-Milan", "EPYC-Milan-v2", "EPYC-Genoa", "host", "kvm32", "kvm64", "qemu32", "qemu64", "max"]  # noqa: E501
 CPU_BUILTIN_MODELS = ("x86-64-v2", "x86-64-v2-AES", "x86-64-v3", "x86-64-v4")
-SUPPORTED_CPU_FLAGS = (
-    "pcid spec-ctrl ibpb ssbd virt-ssbd amd-ssbd amd-no-ssb pdpe1gb md-clear hv-tlbflush hv-evmcs aes"
-).split()
+SUPPORTED_CPU_FLAGS = ["pcid", "spec-ctrl", "ibpb", "ssbd", "virt-ssbd", "amd-ssbd", "amd-no-ssb", "pdpe1gb", "md-clear", "hv-tlbflush", "hv-evmcs", "aes"]  # noqa: E501
 
 CPU_FMT: dict[str, dict[str, Any]] = {
     "cputype": {"type": "string", "default_key": 1, **_OPT},
@@ -457,7 +443,7 @@ RNG_FMT: dict[str, dict[str, Any]] = {
 
 SMBIOS1_FMT: dict[str, dict[str, Any]] = {
     "uuid": {"type": "string", "pattern": "[a-fA-F0-9]{8}(?:-[a-fA-F0-9]{4}){3}-[a-fA-F0-9]{12}", **_OPT},
-    **{k: {"type": "string", "pattern": r"[A-Za-z0-9+\/]+={0,2}", **_OPT} for k in ("version", "serial", "manufacturer", "product", "sku", "family")},
+    **{k: {"type": "string", "pattern": r"[A-Za-z0-9+\/]+={0,2}", **_OPT} for k in ("version", "serial", "manufacturer", "product", "sku", "family")},  # noqa: E501
     "base64": {"type": "boolean", **_OPT},
 }
 

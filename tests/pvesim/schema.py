@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ def perl_str(value: Any) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
     if isinstance(value, float):
-        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else "%.15g" % value
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:.15g}"
     return str(value)
 
 
@@ -41,7 +41,7 @@ def perl_regex(pattern: str) -> str:
     return re.sub(r"\(\?\^([a-z]*):", lambda m: f"(?{m.group(1)}:" if m.group(1) else "(?:", pattern)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _compiled(pattern: str) -> re.Pattern[str]:
     # PVE: $value =~ m/^$pattern$/ (no group around the pattern, exactly like Perl).
     return re.compile("^" + perl_regex(pattern) + "$")
@@ -398,10 +398,7 @@ class ApiSchema:
 
     def exists_in_pve(self, method: str, path: str) -> bool:
         """Whether PVE 8.4 has this method at all (for a clearer 'not simulated' diagnosis)."""
-        for m, template in self.all_methods:
-            if m == method and _path_regex(template).match(path):
-                return True
-        return False
+        return any(m == method and _path_regex(template).match(path) for m, template in self.all_methods)
 
     @staticmethod
     def validate(endpoint: Endpoint, params: dict[str, Any]) -> dict[str, str]:

@@ -22,10 +22,10 @@ import ssl
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from tests.pvesim.api import ApiError, ParamError
@@ -319,7 +319,8 @@ class Handler(BaseHTTPRequestHandler):
         match = sim.schema.match(method, rel)
         if match is None:
             msg = f"Method '{method} {rel}' not implemented"
-            why = "not simulated by pvesim (PVE 8.4 has it)" if sim.schema.exists_in_pve(method, rel) else "not a PVE 8.4 API method"
+            known = sim.schema.exists_in_pve(method, rel)
+            why = "not simulated by pvesim (PVE 8.4 has it)" if known else "not a PVE 8.4 API method"
             sim.record_rejection("not-implemented", method, rel, params, {"_": f"{msg}: {why}"})
             return self._send(501, msg, {"data": None})
         endpoint, path_params = match

@@ -31,7 +31,7 @@ def _name(cn: str, org: str) -> x509.Name:
 
 def make_node_cert(directory: Path, node: str = "pve") -> NodeCert:
     directory.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("Proxmox Virtual Environment (pvesim)", "PVE Cluster Manager CA")
     ca = (

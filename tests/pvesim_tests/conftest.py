@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.pvesim.fixtures import pve_sim, pve_sim_factory  # noqa: F401  (fixtures)
+from tests.pvesim.fixtures import pve_sim, pve_sim_factory
 from tests.pvesim.simulator import PveSimulator
 
 
@@ -66,7 +66,7 @@ class Client:
 
 
 @pytest.fixture
-def pve(pve_sim: PveSimulator) -> Iterator[Client]:  # noqa: F811
+def pve(pve_sim: PveSimulator) -> Iterator[Client]:
     client = Client(pve_sim)
     yield client
     client.session.close()

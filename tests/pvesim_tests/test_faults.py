@@ -43,7 +43,7 @@ def test_task_that_never_finishes_can_be_stopped(pve: Client) -> None:
     assert pve.data("get", "/nodes/pve/qemu/100/config")["lock"] == "create"
     assert pve.post("/nodes/pve/qemu/100/status/start").reason == "VM is locked (create)"
     assert pve.data("delete", f"/nodes/pve/tasks/{upid}") is None
-    status, log = pve.wait(upid)
+    status, _log = pve.wait(upid)
     assert status == "interrupted by signal"
     assert pve.sim.vm_ids() == []  # the failed create removed its VM
 

@@ -98,9 +98,9 @@ def test_body_limit_and_chunked_transfer(pve: Client) -> None:
 
 def test_tls_pinning_fingerprint_and_ca(pve_sim: PveSimulator) -> None:
     ctx = ssl.create_default_context(cafile=str(pve_sim.ca_file))
-    with socket.create_connection((pve_sim.host, pve_sim.port), timeout=10) as raw:
-        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-            der = tls.getpeercert(binary_form=True)
+    with (socket.create_connection((pve_sim.host, pve_sim.port), timeout=10) as raw,
+          ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls):
+        der = tls.getpeercert(binary_form=True)
     digest = hashlib.sha256(der).hexdigest().upper()
     assert pve_sim.fingerprint == ":".join(digest[i : i + 2] for i in range(0, 64, 2))
     # without the CA, verification fails like against any self-signed PVE node

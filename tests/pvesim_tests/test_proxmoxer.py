@@ -39,7 +39,7 @@ def test_streamed_upload_and_task_helper(px: ProxmoxAPI, pve_sim: PveSimulator, 
     iso.write_bytes(os.urandom(11 << 20))  # over proxmoxer's 10 MiB threshold: streamed with toolbelt
     with open(iso, "rb") as fh:
         upid = px.nodes("pve").storage("local").upload.post(
-            content="iso", filename=fh, **{"checksum-algorithm": "sha256", "checksum": hashlib.sha256(iso.read_bytes()).hexdigest()})
+            content="iso", filename=fh, **{"checksum-algorithm": "sha256", "checksum": hashlib.sha256(iso.read_bytes()).hexdigest()})  # noqa: E501
     from proxmoxer.tools import Tasks
 
     status = Tasks.blocking_status(px, upid, timeout=30)

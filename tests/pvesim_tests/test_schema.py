@@ -44,7 +44,7 @@ def test_the_vm_this_project_creates_passes() -> None:
                                           "'other, wxp, w2k, w2k3, w2k8, wvista, win7, win8, win10, win11, l24, l26, solaris'"}),
         ({"name": "web_server"}, {"name": "invalid format - value does not look like a valid DNS name\n"}),
         ({"net0": "virtio=BD:24:11:00:00:01,bridge=vmbr0"},
-         {"net0": "invalid format - format error\nnet0.macaddr: invalid format - value does not look like a valid unicast MAC address\n\n"}),
+         {"net0": "invalid format - format error\nnet0.macaddr: invalid format - value does not look like a valid unicast MAC address\n\n"}),  # noqa: E501
         ({"net0": "virtio,bridge=vmbr0,tag=5000"},
          {"net0": "invalid format - format error\nnet0.tag: value must have a maximum value of 4094\n"}),
         ({"net0": "virtio,bridge=vmbr0,firewall=maybe"},
@@ -60,15 +60,15 @@ def test_the_vm_this_project_creates_passes() -> None:
          {"virtio0": "invalid format - duplicate key in comma-separated list property: file\n"}),
         ({"boot": "order=virtio0;floppy0"},
          {"boot": "invalid format - format error\nboot.order: invalid format - invalid boot device 'floppy0'\n\n"}),
-        ({"agent": "enabled=2"}, {"agent": "invalid format - format error\nagent.enabled: type check ('boolean') failed - got '2'\n"}),
+        ({"agent": "enabled=2"}, {"agent": "invalid format - format error\nagent.enabled: type check ('boolean') failed - got '2'\n"}),  # noqa: E501
         ({"ipconfig0": "ip=192.168.1.250,gw=192.168.1.1"},
-         {"ipconfig0": "invalid format - format error\nipconfig0.ip: invalid format - value does not look like a valid ipv4 network configuration\n\n"}),
+         {"ipconfig0": "invalid format - format error\nipconfig0.ip: invalid format - value does not look like a valid ipv4 network configuration\n\n"}),  # noqa: E501
         ({"ipconfig0": "gw=192.168.1.1"},
-         {"ipconfig0": "invalid format - format error\nipconfig0.ip: missing property - 'ipconfig0.gw' requires this property\n"}),
+         {"ipconfig0": "invalid format - format error\nipconfig0.ip: missing property - 'ipconfig0.gw' requires this property\n"}),  # noqa: E501
         ({"cicustom": "user=snippets/user.yaml"},
-         {"cicustom": "invalid format - format error\ncicustom.user: invalid format - unable to parse volume ID 'snippets/user.yaml'\n\n"}),
-        ({"cpu": "pentium9"}, {"cpu": "invalid format - Built-in cputype 'pentium9' is not defined (missing 'custom-' prefix?)\n"}),
-        ({"sshkeys": "ssh-ed25519 AAAA me@host"}, {"sshkeys": "invalid format - invalid urlencoded string: ssh-ed25519 AAAA me@host\n"}),
+         {"cicustom": "invalid format - format error\ncicustom.user: invalid format - unable to parse volume ID 'snippets/user.yaml'\n\n"}),  # noqa: E501
+        ({"cpu": "pentium9"}, {"cpu": "invalid format - Built-in cputype 'pentium9' is not defined (missing 'custom-' prefix?)\n"}),  # noqa: E501
+        ({"sshkeys": "ssh-ed25519 AAAA me@host"}, {"sshkeys": "invalid format - invalid urlencoded string: ssh-ed25519 AAAA me@host\n"}),  # noqa: E501
         ({"serial0": "socketx"}, {"serial0": "value does not match the regex pattern"}),
         ({"net0": "virtio,bridge=vmbr0,trunks=10;x"},
          {"net0": "invalid format - format error\nnet0.trunks: value does not match the regex pattern\n"}),

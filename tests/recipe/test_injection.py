@@ -64,7 +64,7 @@ REJECTED = [
 ]
 
 
-@pytest.mark.parametrize(("path", "value", "message"), REJECTED, ids=[f"{'.'.join(map(str, c[0]))}-{i}" for i, c in enumerate(REJECTED)])
+@pytest.mark.parametrize(("path", "value", "message"), REJECTED, ids=[f"{'.'.join(map(str, c[0]))}-{i}" for i, c in enumerate(REJECTED)])  # noqa: E501
 def test_hostile_value_is_rejected(recipes: Path, out: Path, path: tuple, value: Any, message: str) -> None:
     file = recipes / "hostile.yaml"
     file.write_text(yaml.safe_dump(recipe_with(path, value), allow_unicode=True))
@@ -88,7 +88,7 @@ NEUTRALISED = [
 ]
 
 
-@pytest.mark.parametrize(("path", "value"), NEUTRALISED, ids=[f"{'.'.join(map(str, c[0]))}-{i}" for i, c in enumerate(NEUTRALISED)])
+@pytest.mark.parametrize(("path", "value"), NEUTRALISED, ids=[f"{'.'.join(map(str, c[0]))}-{i}" for i, c in enumerate(NEUTRALISED)])  # noqa: E501
 def test_hostile_value_is_neutralised(recipes: Path, out: Path, path: tuple, value: Any) -> None:
     file = recipes / "hostile.yaml"
     file.write_text(yaml.safe_dump(recipe_with(path, value), allow_unicode=True))

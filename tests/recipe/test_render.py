@@ -170,8 +170,7 @@ def test_strict_undefined_in_templates(recipes: Path, out: Path, tmp_path: Path,
 def test_atomic_output_leaves_old_file_on_failure(tmp_path: Path) -> None:
     target = tmp_path / "f"
     target.write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_output(target) as fh:
-            fh.write(b"half")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), atomic_output(target) as fh:
+        fh.write(b"half")
+        raise RuntimeError("boom")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f"]

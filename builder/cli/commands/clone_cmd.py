@@ -17,6 +17,7 @@ from pathlib import Path
 from builder.cli.context import Context
 from builder.cli.jobs import print_summary, run_job
 from builder.errors import ImgbuildError, InvalidInput
+from builder.pipeline import specs
 from builder.pipeline.make import (
     Built,
     MakeOptions,
@@ -28,7 +29,6 @@ from builder.pipeline.make import (
     stage_media,
     verify_stage,
 )
-from builder.pipeline import specs
 from builder.pipeline.report import Report
 from builder.pipeline.stages import Stages
 from builder.progress import ConsoleProgress, NullProgress, Progress
@@ -37,7 +37,6 @@ from builder.recipe.model import Recipe
 from builder.render.write import render_recipe
 from builder.targets.base import VM, Target
 from builder.targets.select import add_target_options, open_target
-
 
 HOSTNAME = re.compile(r"^(?=.{1,63}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from builder.cli.context import Context
 from builder.recipe import check_recipe, list_recipe_files
@@ -15,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for path in list_recipe_files(ctx.recipes_dir):
         result = check_recipe(path, ctx.recipes_dir)
         r = result.recipe

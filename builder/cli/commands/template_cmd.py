@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 
 from builder.cli.context import Context
+from builder.cli.jobs import require_vm
 from builder.errors import ImgbuildError
 from builder.recipe import load_recipe
-from builder.cli.jobs import require_vm
 from builder.targets.select import add_target_options, open_target
 
 

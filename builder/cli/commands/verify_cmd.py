@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 
 from builder.cli.context import Context
+from builder.cli.jobs import require_vm
 from builder.errors import CheckFailed
 from builder.pipeline.make import boot, verify
 from builder.progress import ConsoleProgress
 from builder.recipe import load_recipe
 from builder.render.write import login_material
-from builder.cli.jobs import require_vm
 from builder.targets.select import add_target_options, open_target
 
 

@@ -74,7 +74,8 @@ def tcg_threads(requested: str, version: tuple[int, ...] | None) -> tuple[TcgThr
 def qemu_version(qemu: str = "qemu-system-x86_64") -> tuple[int, ...] | None:
     """(major, minor, micro) from ``qemu --version``; None when it cannot be read."""
     try:
-        out = subprocess.run([qemu, "--version"], capture_output=True, text=True, timeout=30).stdout
+        out = subprocess.run([qemu, "--version"], capture_output=True, text=True, timeout=30,
+                             check=False).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     return parse_qemu_version(out)

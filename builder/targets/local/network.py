@@ -86,7 +86,7 @@ def slirp_for(network: GuestNetwork) -> SlirpNet:
 
 def _free_in(net: ipaddress.IPv4Network, taken: set, prefer: int) -> ipaddress.IPv4Address:
     hosts = list(net.hosts())
-    order = [net.network_address + prefer] + hosts
+    order = [net.network_address + prefer, *hosts]
     for addr in order:
         if addr in net and addr != net.network_address and addr != net.broadcast_address and addr not in taken:
             return addr

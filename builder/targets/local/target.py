@@ -24,16 +24,16 @@ from builder import qcow2
 from builder.cachedir import cache_dir, cached_sha256
 from builder.errors import CommandFailed, GuestCrashed, ImgbuildError, InvalidInput
 from builder.fsutil import write_atomic
-from builder.progress import NullProgress, Progress
 from builder.proc import require_tool, run
+from builder.progress import NullProgress, Progress
 from builder.targets.base import VM, ArtifactKind, Endpoint, GuestNetwork, Staged, Target, VMSpec
 from builder.targets.console import panic_since
 from builder.targets.local import png
 from builder.targets.local.accel import ACCEL_CHOICES, choose_accel, qemu_version, tcg_threads
 from builder.targets.local.agent import GuestAgent, usable_addresses
 from builder.targets.local.network import SlirpNet, free_loopback_ports, slirp_for
-from builder.targets.local.qemu_cmd import OVMF_CODE, OVMF_VARS, DiskState, Layout, boot_indexes, qemu_argv
 from builder.targets.local.prune import unused_staged_images
+from builder.targets.local.qemu_cmd import OVMF_CODE, OVMF_VARS, DiskState, Layout, boot_indexes, qemu_argv
 from builder.targets.local.qmp import QMPClient, QMPError
 from builder.targets.local.state import load_state, o_direct_supported, process_alive, read_pidfile, save_state
 
@@ -130,7 +130,8 @@ class LocalTarget(Target):
         disks = []
         for i, disk in enumerate(spec.disks):
             path = vmdir / f"disk{i}.qcow2"
-            progress.step(f"creating disk {i} ({disk.size_bytes // 1024**3} GiB{', on ' + Path(disk.source.ref).name if disk.source else ''})")
+            on = f", on {Path(disk.source.ref).name}" if disk.source else ""
+            progress.step(f"creating disk {i} ({disk.size_bytes // 1024**3} GiB{on})")
             if disk.cache == "none":
                 self._check_o_direct(vmdir, disk.source)
             if disk.source is not None:
@@ -294,7 +295,7 @@ class LocalTarget(Target):
             except ImgbuildError:
                 pass
             for sig, wait in ((None, 5.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-                if sig is not None and self.is_running(vm):
+                if sig is not None and pid and self.is_running(vm):
                     try:
                         os.kill(pid, sig)
                     except ProcessLookupError:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from builder.cachedir import cached_sha256
 from builder.errors import ImgbuildError, InvalidInput
 from builder.progress import NullProgress, Progress
 from builder.recipe.model import derived_mac
@@ -25,7 +26,6 @@ from builder.targets.local.agent import usable_addresses
 from builder.targets.pve import vmconfig
 from builder.targets.pve.client import PveClient, PveError, volume_path
 from builder.targets.pve.jump import JumpHost
-from builder.cachedir import cached_sha256
 from builder.targets.pve.upload import Uploader, reported_size, upload_name
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ class PveTarget(Target):
         if not any(d.source is not None for d in spec.disks):
             return
         config = self.client.get(f"{self._qemu(vm)}/config") or {}
-        for key, disk in zip(vmconfig.disk_keys(spec.disks), spec.disks):
+        for key, disk in zip(vmconfig.disk_keys(spec.disks), spec.disks, strict=True):
             if disk.source is None or key not in config:
                 continue
             current = vmconfig.drive_size_bytes(str(config[key])) or 0
@@ -299,7 +299,8 @@ class PveTarget(Target):
 
     def set_boot(self, vm: VM, order: tuple[str, ...]) -> None:
         config = self.client.get(f"{self._qemu(vm)}/config") or {}
-        disks, cdroms = [], []
+        disks: list[str] = []
+        cdroms: list[str] = []
         for key in sorted(config):
             if re.fullmatch(r"(virtio|scsi|sata|ide)\d+", key):
                 media = vmconfig.parse_property_string(str(config[key]), "file").get("media")
@@ -326,7 +327,7 @@ class PveTarget(Target):
                     raise ImgbuildError(f"VM {vm.ident} ({vm.name}) has no guest agent configured") from None
                 if "not running" in exc.reason and "agent" not in exc.reason:
                     raise ImgbuildError(f"VM {vm.ident} ({vm.name}) stopped while waiting for its address") from None
-                if exc.status == 401 or exc.status == 403 or exc.status == 0 and "TLS" in exc.message:
+                if exc.status == 401 or exc.status == 403 or (exc.status == 0 and "TLS" in exc.message):
                     raise
                 reason = exc.reason or exc.message
             if time.monotonic() >= deadline:

@@ -65,7 +65,7 @@ class PinningAdapter(HTTPAdapter):
         super().init_poolmanager(connections, maxsize, block=block, **pool_kwargs)
 
     def __getstate__(self) -> dict[str, Any]:  # requests pickles adapters' attrs by name
-        state = super().__getstate__()
+        state: dict[str, Any] = dict(super().__getstate__())  # type: ignore[call-overload]
         state["_pin"] = self._pin
         return state
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import requests
 from requests_toolbelt import MultipartEncoder
@@ -159,7 +159,7 @@ class Uploader:
                             on_progress=lambda done: progress.transfer(label, done, size))
             progress.transfer(label, 0, size)
             try:
-                resp = session.post(self.client.url(api_path), data=body, headers={"Content-Type": body.content_type},
+                resp = session.post(self.client.url(api_path), data=cast(Any, body), headers={"Content-Type": body.content_type},
                                     timeout=(CONNECT_TIMEOUT, timeout), verify=self.client.tls.verify)
             except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
                     requests.exceptions.Timeout) as exc:  # SSLError is a ConnectionError

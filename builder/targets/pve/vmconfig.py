@@ -118,9 +118,9 @@ def create_params(spec: VMSpec, *, vmid: int, disk_storage: str) -> dict[str, An
         params["efidisk0"] = f"{disk_storage}:1,efitype=4m,pre-enrolled-keys=0"
     if any(d.bus == "scsi" for d in spec.disks):
         params["scsihw"] = "virtio-scsi-single"
-    for key, disk in zip(dkeys, spec.disks):
+    for key, disk in zip(dkeys, spec.disks, strict=True):
         params[key] = disk_value(disk, disk_storage)
-    for key, staged in zip(ckeys, spec.cdroms):
+    for key, staged in zip(ckeys, spec.cdroms, strict=True):
         params[key] = cdrom_value(staged)
     for i, nic in enumerate(spec.nics):
         params[f"net{i}"] = net_value(nic)
