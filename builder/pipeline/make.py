@@ -70,8 +70,9 @@ def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
         with stages.stage("build"):
             built = build_artifacts(recipe, rendered, target, method, report, progress)
         if method == "image":
-            with stages.stage("image"):
+            with stages.stage("image") as record:
                 built.golden = prepare_image(recipe, report, progress, refresh=options.refresh_image)
+                record.reused = built.golden.cached
         inputs = inputs_key(recipe, built, method)
         existing = target.find_vm(recipe.name)
         if existing is not None and target.is_template(existing):
@@ -80,13 +81,15 @@ def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
                                        f"or remove it (and its clones) with imgbuild destroy")
         if existing is not None and not options.rebuild and target.built_from(existing) == inputs:
             with stages.stage("reuse") as record:
+                record.reused = True
                 vm = existing
                 record.detail = "up to date: the VM was built from these exact inputs; verifying it again"
                 progress.note(f"{recipe.name} is up to date on {target.name} (use --rebuild for a new VM)")
                 report.vm = {"name": vm.name, "target": vm.target, "id": vm.ident, "reused": True}
         else:
-            with stages.stage("stage"):
+            with stages.stage("stage") as record:
                 stage_media(target, built, report, progress)
+                record.reused = not any(s.uploaded for s in built.staged.values())
             with stages.stage("create"):
                 vm = create_vm(recipe, target, built, existing, method, inputs, options, progress)
                 created = True
@@ -128,6 +131,9 @@ def verify_stage(stages: Stages, recipe: Recipe, rendered: Rendered, target: Tar
         outcomes = verify(recipe, rendered.known_hosts, rendered.admin_key, target, vm, address, out_dir,
                           stages.progress)
         report.checks = [o.as_dict() for o in outcomes]
+        announce = getattr(stages.progress, "checks", None)  # the job event stream has one event per check
+        if callable(announce):
+            announce(report.checks)
         failed = [o for o in outcomes if not o.ok]
         if failed:
             record.detail = f"{len(failed)} of {len(outcomes)} checks failed"
@@ -263,6 +269,22 @@ def verify(recipe: Recipe, known_hosts: Path, admin_key: Path | None, target: Ta
                          known_hosts=known_hosts, key_file=admin_key,
                          screenshot=out_dir / "screenshot.png")
     return CheckRunner(recipe, access, progress).run_all()
+
+
+def verify_again(recipe: Recipe, out_root: Path, target: Target, vm: VM, *, keep: bool = False,
+                 progress: Progress = NullProgress()) -> list[Outcome]:
+    """``imgbuild verify``: the recipe's checks against its existing VM, started for them when stopped (and
+    shut down again unless *keep*), with the login material make left in OUT/NAME/."""
+    from builder.render.write import login_material
+
+    started = not target.is_running(vm)
+    try:
+        known_hosts, admin_key = login_material(recipe, out_root)  # as make left them: never rewritten here
+        address = boot(recipe, target, vm, progress)
+        return verify(recipe, known_hosts, admin_key, target, vm, address, out_root / recipe.name, progress)
+    finally:
+        if started and not keep:
+            target.shutdown(vm)
 
 
 def access_info(recipe: Recipe, rendered: Rendered, target: Target, vm: VM, address: str) -> dict:

@@ -7,6 +7,7 @@ from builder.cli.commands import (
     destroy_cmd,
     list_cmd,
     make_cmd,
+    release_cmd,
     render_cmd,
     show_cmd,
     status_cmd,
@@ -15,5 +16,5 @@ from builder.cli.commands import (
     verify_cmd,
 )
 
-ALL = [list_cmd, show_cmd, validate_cmd, render_cmd, build_cmd, make_cmd, verify_cmd, destroy_cmd, template_cmd, clone_cmd,
-       status_cmd, cache_cmd]
+ALL = [list_cmd, show_cmd, validate_cmd, render_cmd, build_cmd, make_cmd, verify_cmd, destroy_cmd, template_cmd, release_cmd,
+       clone_cmd, status_cmd, cache_cmd]

@@ -1,0 +1,65 @@
+"""Fixtures for the job runner, releases, diff, history and status on the PVE simulator.
+
+The simulator is PVE's API with its schema enforced; the guest side is stubbed the way tests/pve does it
+(a small golden image, checks that pass or fail without a guest): what is tested is the runner, the event
+stream, what is left on the target after each job, and the CLI around them. Boot tests live elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from builder.image.build import GoldenImage
+from builder.pipeline import make as make_module
+from builder.verify.checks import Outcome
+from tests.pve.conftest import REPO, sim_env, small_qcow2, target
+from tests.pvesim.fixtures import pve_sim, pve_sim_factory
+
+
+class Guests:
+    """The stubbed guest side: which VMs were checked, and which should fail or misbehave."""
+
+    def __init__(self) -> None:
+        self.checked: list[str] = []
+        self.failing: set[str] = set()  # VM names whose checks fail
+        self.hooks: dict[str, Callable[[], None]] = {}  # VM name -> called while its checks run
+
+    def verify(self, recipe, known_hosts, admin_key, target, vm, address, out_dir, progress):
+        assert known_hosts.exists()
+        self.checked.append(vm.name)
+        hook = self.hooks.get(vm.name)
+        if hook is not None:
+            hook()
+        ok = vm.name not in self.failing
+        return [Outcome("ssh", True, "login", f"stub: {address}"),
+                Outcome("service ssh", ok, "active", "active" if ok else "inactive (stub)")]
+
+
+@pytest.fixture
+def guests(monkeypatch: pytest.MonkeyPatch, small_qcow2: Path) -> Guests:
+    stub = Guests()
+
+    def golden(spec, refresh=False, progress=None):
+        return GoldenImage(small_qcow2, "test-key", cached=not refresh)
+
+    monkeypatch.setattr(make_module, "build_golden_image", golden)
+    monkeypatch.setattr(make_module, "verify", stub.verify)
+    monkeypatch.setattr(make_module, "ADDRESS_TIMEOUT", 5.0)
+    return stub
+
+
+@pytest.fixture
+def cli(sim_env, tmp_path: Path) -> Callable[..., int]:
+    """main() with the shipped recipes, an out dir of the test's own and the simulator as target ``sim``."""
+    from builder.cli.main import main
+
+    out = tmp_path / "out"
+
+    def run(*args: str) -> int:
+        return main(["--recipes-dir", str(REPO / "recipes"), "--out-dir", str(out), *args])
+
+    run.out = out  # type: ignore[attr-defined]
+    return run
