@@ -14,13 +14,32 @@ from builder.errors import InvalidInput
 from builder.pipeline import specs
 from builder.pipeline.clone import check_clone_name, clone, clone_address
 from builder.pipeline.make import MakeOptions, make, verify_again
+from builder.pipeline.page import collect as collect_history
+from builder.pipeline.page import render_page as render_history_page
 from builder.pipeline.releases import ReleaseOptions, check_keep, release
 from builder.pipeline.runner import Job, JobResult, RunResult, TargetFactory, run_jobs
 from builder.recipe import RecipeInvalid, find_recipe, list_recipe_files, load_recipe
 from builder.recipe.model import Recipe
 
-__all__ = ["Job", "JobResult", "MakeOptions", "ReleaseOptions", "RunResult", "TargetFactory", "check_parallel",
-           "clone_job", "image_spec", "make_job", "release_job", "resolve_recipes", "run_jobs", "template_job", "verify_again"]
+__all__ = [
+    "Job",
+    "JobResult",
+    "MakeOptions",
+    "ReleaseOptions",
+    "RunResult",
+    "TargetFactory",
+    "check_parallel",
+    "clone_job",
+    "collect_history",
+    "image_spec",
+    "make_job",
+    "release_job",
+    "render_history_page",
+    "resolve_recipes",
+    "run_jobs",
+    "template_job",
+    "verify_again",
+]
 
 QEMU_OVERHEAD_MIB = 256  # what one QEMU process takes beside its guest's memory (TCG translation cache)
 

@@ -16,7 +16,14 @@ from builder.image.build import GoldenImage
 from builder.pipeline import make as make_module
 from builder.verify.checks import Outcome
 from tests.pve.conftest import REPO, sim_env, small_qcow2, target
-from tests.pvesim.fixtures import pve_sim, pve_sim_factory
+from tests.pvesim.fixtures import pve_sim_factory
+from tests.pvesim.simulator import PveSimulator
+
+
+@pytest.fixture
+def pve_sim(pve_sim_factory) -> PveSimulator:
+    """The simulator with both bridges the shipped recipes use (vmbr0, and vmbr1 for lxde-desktop's NAT)."""
+    return pve_sim_factory(bridges=("vmbr0", "vmbr1"))
 
 
 class Guests:

@@ -9,6 +9,7 @@ from builder.cli.commands import (
     make_cmd,
     release_cmd,
     render_cmd,
+    report_cmd,
     show_cmd,
     status_cmd,
     template_cmd,
@@ -17,4 +18,4 @@ from builder.cli.commands import (
 )
 
 ALL = [list_cmd, show_cmd, validate_cmd, render_cmd, build_cmd, make_cmd, verify_cmd, destroy_cmd, template_cmd, release_cmd,
-       clone_cmd, status_cmd, cache_cmd]
+       clone_cmd, status_cmd, report_cmd, cache_cmd]
