@@ -18,12 +18,14 @@ from builder.pipeline.page import collect as collect_history
 from builder.pipeline.page import render_page as render_history_page
 from builder.pipeline.releases import ReleaseOptions, check_keep, release
 from builder.pipeline.runner import Job, JobResult, RunResult, TargetFactory, run_jobs
+from builder.pipeline.status import LabStatus, lab_status
 from builder.recipe import RecipeInvalid, find_recipe, list_recipe_files, load_recipe
 from builder.recipe.model import Recipe
 
 __all__ = [
     "Job",
     "JobResult",
+    "LabStatus",
     "MakeOptions",
     "ReleaseOptions",
     "RunResult",
@@ -32,12 +34,14 @@ __all__ = [
     "clone_job",
     "collect_history",
     "image_spec",
+    "lab_status",
     "make_job",
     "release_job",
     "render_history_page",
     "resolve_recipes",
     "run_jobs",
     "template_job",
+    "valid_recipes",
     "verify_again",
 ]
 
@@ -156,3 +160,14 @@ def template_job(recipe: Recipe, out_root: Path, options: ReleaseOptions) -> Job
     job = release_job(recipe, out_root, options)
     job.kind = "release"
     return job
+
+
+def valid_recipes(recipes_dir: Path) -> list[Recipe]:
+    """Every recipe in *recipes_dir* that loads (status looks at what it can; validate names the rest)."""
+    found = []
+    for path in list_recipe_files(recipes_dir):
+        try:
+            found.append(load_recipe(str(path), recipes_dir))
+        except RecipeInvalid:
+            continue
+    return found

@@ -9,16 +9,17 @@ import contextlib
 import shlex
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from builder.cachedir import cached_sha256, content_key, sha256_file
+from builder.cachedir import cached_sha256, sha256_file
 from builder.errors import CheckFailed, GuestCrashed, ImgbuildError
 from builder.fsutil import write_atomic
 from builder.image.build import GoldenImage, build_golden_image
 from builder.iso.installer import build_recipe_isos, read_seed_files
 from builder.iso.seed import build_seed_iso, content_epoch
 from builder.pipeline import specs
+from builder.pipeline.freshness import inputs_of
 from builder.pipeline.report import Report
 from builder.pipeline.stages import Stages
 from builder.progress import NullProgress, Progress
@@ -73,7 +74,10 @@ def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
             with stages.stage("image") as record:
                 built.golden = prepare_image(recipe, report, progress, refresh=options.refresh_image)
                 record.reused = built.golden.cached
-        inputs = inputs_key(recipe, built, method)
+        recorded = inputs_of(recipe, method=method, seed=built.seed, installer=built.installer,
+                             image=built.golden.path if built.golden else None)
+        report.cache["inputs"] = recorded.as_dict()
+        inputs = recorded.key
         existing = target.find_vm(recipe.name)
         if existing is not None and target.is_template(existing):
             raise ImgbuildError(f"{recipe.name} on {target.name} is a template now; make will not replace it",
@@ -186,15 +190,8 @@ def prepare_image(recipe: Recipe, report: Report, progress: Progress, *, refresh
 
 def inputs_key(recipe: Recipe, built: Built, method: str) -> str:
     """Everything a VM is built from: a VM recorded with the same key needs no rebuild."""
-    spec = specs.vm_spec(recipe, disk_source=None, cdroms=())
-    return content_key({
-        "method": method,
-        "seed": sha256_file(built.seed),
-        "installer": sha256_file(built.installer) if built.installer else None,
-        # the image's bytes, not its spec: a refreshed image (same spec, newer packages) makes a new VM
-        "image": cached_sha256(built.golden.path) if built.golden else None,
-        "vm": asdict(spec),
-    })
+    return inputs_of(recipe, method=method, seed=built.seed, installer=built.installer,
+                     image=built.golden.path if built.golden else None).key
 
 
 def stage_media(target: Target, built: Built, report: Report, progress: Progress) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from builder.image.build import GoldenImage
+from builder.pipeline import freshness
 from builder.pipeline import make as make_module
 from builder.verify.checks import Outcome
 from tests.pve.conftest import REPO, sim_env, small_qcow2, target
@@ -53,6 +54,7 @@ def guests(monkeypatch: pytest.MonkeyPatch, small_qcow2: Path) -> Guests:
         return GoldenImage(small_qcow2, "test-key", cached=not refresh)
 
     monkeypatch.setattr(make_module, "build_golden_image", golden)
+    monkeypatch.setattr(freshness, "image_path", lambda spec: small_qcow2)  # status looks where make got it
     monkeypatch.setattr(make_module, "verify", stub.verify)
     monkeypatch.setattr(make_module, "ADDRESS_TIMEOUT", 5.0)
     return stub
