@@ -13,7 +13,7 @@ from pathlib import Path
 from builder.errors import InvalidInput
 from builder.pipeline import specs
 from builder.pipeline.clone import check_clone_name, clone, clone_address
-from builder.pipeline.make import MakeOptions, make, verify_again
+from builder.pipeline.make import MakeOptions, RefreshOnce, make, verify_again
 from builder.pipeline.page import collect as collect_history
 from builder.pipeline.page import render_page as render_history_page
 from builder.pipeline.releases import ReleaseOptions, check_keep, release
@@ -36,6 +36,7 @@ __all__ = [
     "image_spec",
     "lab_status",
     "make_job",
+    "make_jobs",
     "release_job",
     "render_history_page",
     "resolve_recipes",
@@ -129,6 +130,13 @@ def check_parallel(recipes: list[Recipe], parallel: int, target_name: str,
                            f"QEMU), but {capacity.memory_mib} MiB is available",
                            detail=f"use -j {max(1, fit)} or less")
     return jobs
+
+
+def make_jobs(recipes: list[Recipe], out_root: Path, options: MakeOptions) -> list[Job]:
+    """A make job per recipe; with --refresh-image, an image that several of them use is built once."""
+    if options.refresh_image and options.refresh_once is None:
+        options.refresh_once = RefreshOnce()
+    return [make_job(r, out_root, options) for r in recipes]
 
 
 def make_job(recipe: Recipe, out_root: Path, options: MakeOptions) -> Job:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import shlex
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -15,7 +16,7 @@ from pathlib import Path
 from builder.cachedir import cached_sha256, sha256_file
 from builder.errors import CheckFailed, GuestCrashed, ImgbuildError
 from builder.fsutil import write_atomic
-from builder.image.build import GoldenImage, build_golden_image
+from builder.image.build import GoldenImage, build_golden_image, image_key
 from builder.iso.installer import build_recipe_isos, read_seed_files
 from builder.iso.seed import build_seed_iso, content_epoch
 from builder.pipeline import specs
@@ -41,6 +42,26 @@ class MakeOptions:
     replace: bool = True  # replace an existing VM of the same name (when it is not up to date)
     rebuild: bool = False  # a new VM even when the existing one was built from the same inputs
     refresh_image: bool = False  # build the golden image again from the mirror's current packages
+    # shared by the jobs of one run: an image several recipes use is refreshed once, the others wait for it
+    refresh_once: RefreshOnce | None = None
+
+
+class RefreshOnce:
+    """Which golden images a run has already refreshed. ``claim`` serialises the jobs that want the same image:
+    the first refreshes it, the others wait and then reuse the fresh one (a failed refresh is tried again)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._done: set[str] = set()
+
+    @contextlib.contextmanager
+    def claim(self, image: str) -> Iterator[bool]:
+        with self._guard:
+            lock = self._locks.setdefault(image, threading.Lock())
+        with lock:
+            yield image not in self._done
+            self._done.add(image)
 
 
 @dataclass
@@ -72,7 +93,8 @@ def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
             built = build_artifacts(recipe, rendered, target, method, report, progress)
         if method == "image":
             with stages.stage("image") as record:
-                built.golden = prepare_image(recipe, report, progress, refresh=options.refresh_image)
+                built.golden = prepare_image(recipe, report, progress, refresh=options.refresh_image,
+                                             once=options.refresh_once)
                 record.reused = built.golden.cached
         recorded = inputs_of(recipe, method=method, seed=built.seed, installer=built.installer,
                              image=built.golden.path if built.golden else None)
@@ -180,8 +202,16 @@ def build_artifacts(recipe: Recipe, rendered: Rendered, target: Target, method: 
     return Built(rendered, seed)
 
 
-def prepare_image(recipe: Recipe, report: Report, progress: Progress, *, refresh: bool = False) -> GoldenImage:
-    golden = build_golden_image(specs.image_spec(recipe), refresh=refresh, progress=progress)
+def prepare_image(recipe: Recipe, report: Report, progress: Progress, *, refresh: bool = False,
+                  once: RefreshOnce | None = None) -> GoldenImage:
+    spec = specs.image_spec(recipe)
+    if refresh and once is not None:
+        with once.claim(image_key(spec)) as mine:
+            if not mine:
+                progress.note("golden image already refreshed by another recipe in this run")
+            golden = build_golden_image(spec, refresh=mine, progress=progress)
+    else:
+        golden = build_golden_image(spec, refresh=refresh, progress=progress)
     report.cache["image"] = {"path": str(golden.path), "key": golden.key, "reused": golden.cached,
                              "sha256": cached_sha256(golden.path)}
     progress.note(f"golden image {'reused' if golden.cached else 'built'}: {golden.path}")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.image.build import GoldenImage
+from builder.image.build import GoldenImage, image_key
 from builder.pipeline import freshness
 from builder.pipeline import make as make_module
 from builder.verify.checks import Outcome
@@ -34,6 +34,7 @@ class Guests:
         self.checked: list[str] = []
         self.failing: set[str] = set()  # VM names whose checks fail
         self.hooks: dict[str, Callable[[], None]] = {}  # VM name -> called while its checks run
+        self.images: list[tuple[str, bool]] = []  # (image key, refresh) of every golden image asked for
 
     def verify(self, recipe, known_hosts, admin_key, target, vm, address, out_dir, progress):
         assert known_hosts.exists()
@@ -51,6 +52,7 @@ def guests(monkeypatch: pytest.MonkeyPatch, small_qcow2: Path) -> Guests:
     stub = Guests()
 
     def golden(spec, refresh=False, progress=None):
+        stub.images.append((image_key(spec), refresh))
         return GoldenImage(small_qcow2, "test-key", cached=not refresh)
 
     monkeypatch.setattr(make_module, "build_golden_image", golden)

@@ -82,6 +82,16 @@ def test_text_summary_table_and_history_limit(cli, guests: Guests, capsys: pytes
     assert len(list((cli.out / "web-server" / "history").glob("*.json"))) == 1
 
 
+def test_refresh_image_builds_an_image_shared_by_recipes_once_per_run(cli, guests: Guests) -> None:
+    """base and ssh-server use the same golden image: a nightly --refresh-image run builds it once."""
+    assert cli("make", "base", "ssh-server", "web-server", "--refresh-image", "-j", "2", "--target", "sim") == 0
+    refreshed = [key for key, refresh in guests.images if refresh]
+    assert len(guests.images) == 3 and len(refreshed) == 2 and len(set(refreshed)) == 2
+    assert len({key for key, _ in guests.images}) == 2  # two distinct images for three recipes
+    notes = (cli.out / "base" / "make.log").read_text() + (cli.out / "ssh-server" / "make.log").read_text()
+    assert notes.count("golden image already refreshed by another recipe in this run") == 1
+
+
 def test_unknown_recipes_are_all_named_before_anything_starts(cli, sim_env: PveSimulator,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     assert cli("make", "web-server", "nope", "also-nope", "--target", "sim") == 2

@@ -6,7 +6,7 @@ import argparse
 
 from builder.cli import jobs
 from builder.cli.context import Context
-from builder.pipeline.jobs import MakeOptions, check_parallel, make_job, resolve_recipes
+from builder.pipeline.jobs import MakeOptions, check_parallel, make_jobs, resolve_recipes
 from builder.targets.select import add_target_options
 
 
@@ -50,5 +50,5 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     parallel = check_parallel(recipes, args.jobs, jobs.target_name(args))
     options = MakeOptions(method=args.method, keep=args.keep, keep_on_failure=args.keep_on_failure,
                           replace=args.replace, rebuild=args.rebuild, refresh_image=args.refresh_image)
-    return jobs.run(ctx, args, [make_job(r, ctx.out_dir, options) for r in recipes], parallel=parallel,
+    return jobs.run(ctx, args, make_jobs(recipes, ctx.out_dir, options), parallel=parallel,
                     history_keep=args.history)
