@@ -120,8 +120,8 @@ class Output:
                   f"(-j {run.parallel})" + (f"; failed: {', '.join(j.name for j in failed)}" if failed else ""))
         return run.exit_code
 
-    def _failure(self, job: JobResult) -> None:
-        print(f"imgbuild: error: {job.name}: {job.error}", file=self.err)
+    def _failure(self, job: JobResult, *, named: bool = True) -> None:
+        print(f"imgbuild: error: {job.name + ': ' if named else ''}{job.error}", file=self.err)
         for line in (job.detail or "").splitlines():
             print(f"  {line}", file=self.err)
         if job.report:
@@ -131,7 +131,7 @@ class Output:
 
     def _one(self, job: JobResult) -> None:
         if not job.ok:
-            self._failure(job)
+            self._failure(job, named=False)
             return
         if job.kind == "release":
             self._release(job)
