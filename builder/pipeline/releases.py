@@ -88,7 +88,7 @@ def releases_of(target: Target, recipe: str, vms: list[VM] | None = None) -> lis
     found = []
     for vm in target.list_vms() if vms is None else vms:
         key = parse_name(vm.name, recipe)
-        if key is None or not target.is_template(vm):
+        if key is None or vm.broken or not target.is_template(vm):
             continue
         labels = target.labels(vm)
         if recipe not in labels or CANDIDATE in labels:
@@ -115,7 +115,7 @@ def leftovers(target: Target, recipe: str, vms: list[VM] | None = None) -> list[
     done = {r.name for r in releases_of(target, recipe, vms)}
     clones, candidates = [], []
     for vm in vms:
-        if vm.name in done:
+        if vm.name in done or vm.broken:  # status shows a broken VM; destroy removes it
             continue
         if vm.name.endswith(CHECK_SUFFIX) and parse_name(vm.name[: -len(CHECK_SUFFIX)], recipe):
             clones.append(vm)

@@ -33,6 +33,7 @@ class VmStatus:
     address: str | None
     latest: bool = False  # releases: labelled latest
     held_by: list[str] = field(default_factory=list)  # releases: VMs that depend on it
+    broken: str | None = None  # why imgbuild cannot use this VM's record (remove it with destroy)
 
 
 @dataclass
@@ -90,9 +91,12 @@ def lab_status(target: Target, recipes: list[Recipe], out_root: Path, *, clean: 
 
 def vm_status(target: Target, vm: VM, recipes: dict[str, Recipe], release_info: dict[str, releases.Release],
               out_root: Path, now: Any) -> VmStatus:
+    job = last_job(out_root / vm.name / "report.json", target.name)
+    if vm.broken:  # its record is unusable: say so, and let the other VMs' rows stand
+        return VmStatus(vm.name, vm.ident, target.name, "broken", "other", None, None, [vm.broken], job,
+                        (job or {}).get("address"), broken=vm.broken)
     template = target.is_template(vm)
     state = "template" if template else ("running" if target.is_running(vm) else "stopped")
-    job = last_job(out_root / vm.name / "report.json", target.name)
     row = VmStatus(vm.name, vm.ident, target.name, state, "other", None, None, [], job,
                    (job or {}).get("address"))
     rel = release_info.get(vm.name)

@@ -44,6 +44,9 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     if vms:
         ctx.out.table([(v.name, v.id, v.state, up_line(v), last_job_line(v.last_job), v.address or "-")
                        for v in vms], header=("NAME", "ID", "STATE", "UP TO DATE", "LAST JOB", "ADDRESS"))
+        for v in vms:
+            if v.broken:
+                ctx.out.text(f"{v.name} is broken: {v.broken}\n  remove it with: imgbuild destroy {v.name}")
     rels = status.releases()
     if rels:
         if vms:
