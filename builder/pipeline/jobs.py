@@ -12,6 +12,7 @@ from pathlib import Path
 
 from builder.errors import InvalidInput
 from builder.pipeline import specs
+from builder.pipeline.changes import DiffResult, Resolver, compare
 from builder.pipeline.clone import check_clone_name, clone, clone_address
 from builder.pipeline.make import MakeOptions, RefreshOnce, make, verify_again
 from builder.pipeline.page import collect as collect_history
@@ -21,6 +22,7 @@ from builder.pipeline.runner import Job, JobResult, RunResult, TargetFactory, ru
 from builder.pipeline.status import LabStatus, lab_status
 from builder.recipe import RecipeInvalid, find_recipe, list_recipe_files, load_recipe
 from builder.recipe.model import Recipe
+from builder.targets.base import Target
 
 __all__ = [
     "Job",
@@ -33,6 +35,7 @@ __all__ = [
     "check_parallel",
     "clone_job",
     "collect_history",
+    "diff_images",
     "image_spec",
     "lab_status",
     "make_job",
@@ -179,3 +182,17 @@ def valid_recipes(recipes_dir: Path) -> list[Recipe]:
         except RecipeInvalid:
             continue
     return found
+
+
+def diff_images(a: str, b: str, out_root: Path, open_target: TargetFactory) -> DiffResult:
+    """``imgbuild diff A B``: the target is opened only when A or B names a release."""
+    opened: list[Target] = []
+
+    def release_manifest(name: str) -> str | None:
+        if not opened:
+            opened.append(open_target())
+        vm = opened[0].find_vm(name)
+        return opened[0].read_manifest(vm) if vm is not None else None
+
+    resolver = Resolver(out_root, release_manifest)
+    return compare(resolver.resolve(a, "A"), resolver.resolve(b, "B"))

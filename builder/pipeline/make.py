@@ -97,6 +97,7 @@ def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
                 built.golden = prepare_image(recipe, report, progress, refresh=options.refresh_image,
                                              once=options.refresh_once)
                 record.reused = built.golden.cached
+                report.changes = what_changed(built.golden, out_dir, report, progress)
         recorded = inputs_of(recipe, method=method, seed=built.seed, installer=built.installer,
                              image=built.golden.path if built.golden else None)
         report.cache["inputs"] = recorded.as_dict()
@@ -220,6 +221,18 @@ def prepare_image(recipe: Recipe, report: Report, progress: Progress, *, refresh
                              "packages": len(golden.manifest.packages) if golden.manifest else None}
     progress.note(f"golden image {'reused' if golden.cached else 'built'}: {golden.path}")
     return golden
+
+
+def what_changed(golden: GoldenImage, out_dir: Path, report: Report, progress: Progress) -> dict:
+    """The image's packages against the previous build of this recipe (its history), as report.changes. The
+    manifest is kept as a content-addressed copy: a refreshed image replaces the one beside it."""
+    from builder.pipeline.changes import changes_since, keep_copy, previous_manifest
+
+    if golden.manifest is not None:
+        report.cache["image"]["manifest_copy"] = str(keep_copy(golden.manifest))
+    changes = changes_since(previous_manifest(out_dir), golden.manifest, "the previous build")
+    progress.note(f"since the previous build: {changes['summary']}")
+    return changes
 
 
 def inputs_key(recipe: Recipe, built: Built, method: str) -> str:

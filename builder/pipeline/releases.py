@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import ImgbuildError, InvalidInput
+from builder.fsutil import write_atomic
 from builder.pipeline.clone import clone
 from builder.pipeline.make import MakeOptions, make, reported
 from builder.pipeline.report import Report
@@ -43,6 +45,7 @@ CHECK_SUFFIX = "-check"
 LATEST = "latest"
 CANDIDATE = "candidate"
 DEFAULT_KEEP = 3
+LOCAL_MANIFEST = "release-manifest.json"  # OUT/RELEASE/: the manifest, also where the target cannot hold it
 
 
 @dataclass
@@ -233,13 +236,15 @@ def release(recipe: Recipe, out_root: Path, target: Target, options: ReleaseOpti
                 record.detail = f"{name} built and verified"
             candidate = made["candidate"]
             assert candidate is not None
+            manifest = report.release.pop("manifest_text", None)
+            report.changes = release_changes(target, previous, manifest)
+            progress.note(f"since {previous.name if previous else 'no earlier release'}: {report.changes['summary']}")
             with stages.stage("template"):
                 target.make_template(candidate)
                 target.set_labels(candidate, {CANDIDATE})
-                manifest = report.release.get("manifest_text")
                 if manifest:
+                    write_atomic(out_root / name / LOCAL_MANIFEST, manifest)  # where diff finds it on this machine
                     report.release["manifest"] = target.store_manifest(candidate, manifest)
-                report.release.pop("manifest_text", None)
             with stages.stage("check") as record:
                 check_name = name + CHECK_SUFFIX
                 report.release["check"] = check_name
@@ -280,6 +285,9 @@ def build_candidate(recipe: Recipe, name: str, out_root: Path, target: Target, o
         progress.step(f"copying {source.name} as {name}")
         vm = target.clone(source, name, full=True)
         report.release["from_vm"] = source.name
+        made_report = _read_json(out_root / source.name / "report.json")
+        report.cache.update({k: v for k, v in (made_report.get("cache") or {}).items() if k in ("image", "inputs")})
+        keep_manifest_text(report)
         return vm
     made = make(candidate_recipe(recipe, name, target), out_root, target,
                 MakeOptions(method=options.method, rebuild=True, replace=False, refresh_image=options.refresh_image),
@@ -287,14 +295,43 @@ def build_candidate(recipe: Recipe, name: str, out_root: Path, target: Target, o
     report.release["candidate_report"] = str(out_root / name / "report.json")
     report.release["candidate_checks"] = f"{sum(c['ok'] for c in made.checks)}/{len(made.checks)}"
     report.cache.update(made.cache)
-    for key in ("changes", "manifest"):
-        value = getattr(made, key, None)
-        if value:
-            report.release[f"image_{key}"] = value
+    keep_manifest_text(report)
     found = target.find_vm(name)
     if found is None:
         raise ImgbuildError(f"the candidate {name} is gone from {target.name} after its make")
     return found
+
+
+def keep_manifest_text(report: Report) -> None:
+    """The candidate's package manifest (the kept copy its make named) as text, for the template."""
+    copy = (report.cache.get("image") or {}).get("manifest_copy")
+    if copy:
+        try:
+            report.release["manifest_text"] = Path(copy).read_text()
+        except OSError:
+            pass
+
+
+def release_changes(target: Target, previous: Release | None, manifest: str | None) -> dict[str, Any]:
+    """The candidate's packages against the latest release's (its stored manifest)."""
+    from builder.pipeline.changes import changes_since, parse_manifest
+
+    current = parse_manifest(manifest) if manifest else None
+    before = None
+    if previous is not None:
+        stored = target.read_manifest(previous.vm)
+        old = parse_manifest(stored) if stored else None
+        before = (old, previous.name) if old is not None else None
+    what = f"release {previous.name}" if previous else "no earlier release"
+    return changes_since(before, current, what)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def prune(target: Target, recipe: str, keep: int, progress: Progress) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from builder.errors import ImgbuildError
 from builder.progress import NullProgress, Progress
 
 ArtifactKind = Literal["iso", "image"]
@@ -207,25 +206,25 @@ class Target(abc.ABC):
     # newest good one, ``latest`` (``candidate`` while a release is being proven). PVE keeps labels as tags
     # (beside ``imgbuild``); the local target records them in the VM's state. builder/pipeline/releases.py
     # holds the rules; targets only store labels, name dependent VMs and keep a release's manifest.
+    @abc.abstractmethod
     def labels(self, vm: VM) -> frozenset[str]:
         """The release labels of *vm* (empty for a VM that is no release)."""
-        return frozenset(vm.data.get("labels") or ())
 
+    @abc.abstractmethod
     def set_labels(self, vm: VM, labels: Iterable[str]) -> None:
         """Replace *vm*'s release labels in one step (a template too)."""
-        raise ImgbuildError(f"the {self.name} target cannot label releases")
 
+    @abc.abstractmethod
     def dependents(self, vm: VM) -> list[str]:
         """Names of the VMs whose disks depend on template *vm* (linked clones): it cannot go while they exist."""
-        return []
 
+    @abc.abstractmethod
     def store_manifest(self, vm: VM, manifest: str) -> str:
         """Keep a release's package manifest (JSON text) with its template; returns where it went."""
-        raise ImgbuildError(f"the {self.name} target cannot keep a release's manifest")
 
+    @abc.abstractmethod
     def read_manifest(self, vm: VM) -> str | None:
         """The manifest stored with *vm* by ``store_manifest``, if any."""
-        return None
 
     # --- installer -------------------------------------------------------------------------
     def installer_log_host(self, network: GuestNetwork) -> str | None:
