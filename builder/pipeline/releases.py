@@ -237,7 +237,7 @@ def release(recipe: Recipe, out_root: Path, target: Target, options: ReleaseOpti
             candidate = made["candidate"]
             assert candidate is not None
             manifest = report.release.pop("manifest_text", None)
-            report.changes = release_changes(target, previous, manifest)
+            report.changes = release_changes(target, previous, manifest, out_root)
             progress.note(f"since {previous.name if previous else 'no earlier release'}: {report.changes['summary']}")
             with stages.stage("template"):
                 target.make_template(candidate)
@@ -312,14 +312,19 @@ def keep_manifest_text(report: Report) -> None:
             pass
 
 
-def release_changes(target: Target, previous: Release | None, manifest: str | None) -> dict[str, Any]:
-    """The candidate's packages against the latest release's (its stored manifest)."""
+def release_changes(target: Target, previous: Release | None, manifest: str | None,
+                    out_root: Path) -> dict[str, Any]:
+    """The candidate's packages against the latest release's: its manifest stored with the template, else the
+    copy this machine kept (PVE's description holds 8 KiB: a desktop's manifest does not fit)."""
     from builder.pipeline.changes import changes_since, parse_manifest
 
     current = parse_manifest(manifest) if manifest else None
     before = None
     if previous is not None:
         stored = target.read_manifest(previous.vm)
+        local = out_root / previous.name / LOCAL_MANIFEST
+        if stored is None and local.is_file():
+            stored = local.read_text()
         old = parse_manifest(stored) if stored else None
         before = (old, previous.name) if old is not None else None
     what = f"release {previous.name}" if previous else "no earlier release"

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from builder.image.build import GoldenImage, image_key
+from builder.image.manifest import Manifest
 from builder.pipeline import freshness
 from builder.pipeline import make as make_module
 from builder.verify.checks import Outcome
@@ -35,6 +36,7 @@ class Guests:
         self.failing: set[str] = set()  # VM names (or name endings, like "-check") whose checks fail
         self.hooks: dict[str, Callable[[], None]] = {}  # VM name -> called while its checks run
         self.images: list[tuple[str, bool]] = []  # (image key, refresh) of every golden image asked for
+        self.manifest: Manifest | None = None  # the stub image's package manifest (None: it has none)
 
     def verify(self, recipe, known_hosts, admin_key, target, vm, address, out_dir, progress):
         assert known_hosts.exists()
@@ -53,7 +55,7 @@ def guests(monkeypatch: pytest.MonkeyPatch, small_qcow2: Path) -> Guests:
 
     def golden(spec, refresh=False, progress=None):
         stub.images.append((image_key(spec), refresh))
-        return GoldenImage(small_qcow2, "test-key", cached=not refresh)
+        return GoldenImage(small_qcow2, "test-key", cached=not refresh, manifest=stub.manifest)
 
     monkeypatch.setattr(make_module, "build_golden_image", golden)
     monkeypatch.setattr(freshness, "image_path", lambda spec: small_qcow2)  # status looks where make got it
