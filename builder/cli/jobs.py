@@ -46,3 +46,9 @@ def run(ctx: Context, args: argparse.Namespace, jobs: list[Job], *, parallel: in
 def add_json_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true",
                    help="print every event as one JSON object per line (schema: docs/events.md)")
+
+
+def add_keep_releases_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keep", type=int, default=3, metavar="N", dest="keep_releases",
+                   help="releases kept, the new one included (default 3; at least 1); an older one a VM "
+                        "depends on is kept too")

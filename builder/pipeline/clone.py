@@ -18,13 +18,11 @@ from builder.pipeline import specs
 from builder.pipeline.make import (
     Built,
     MakeOptions,
-    boot,
+    boot_and_verify,
     build_artifacts,
-    forget_seed,
     reported,
     settle,
     stage_media,
-    verify_stage,
 )
 from builder.pipeline.report import Report
 from builder.pipeline.stages import Stages
@@ -104,11 +102,7 @@ def clone(recipe: Recipe, name: str, out_root: Path, target: Target, *, ip: str 
             vm = target.clone(origin, name, full=not linked, seed=built.staged["seed"],
                               network=specs.guest_network(derived))
             report.vm.update({"name": vm.name, "target": vm.target, "id": vm.ident, "linked": linked})
-        with stages.stage("boot"):
-            address = boot(derived, target, vm, progress, report)
-            report.vm["address"] = address
-        verify_stage(stages, derived, rendered, target, vm, address, out_dir)
-        forget_seed(target, vm, built, progress)
+        boot_and_verify(stages, derived, rendered, target, vm, built, out_dir)
     return report
 
 

@@ -125,12 +125,18 @@ def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
             if method == "installer":
                 with stages.stage("install"):
                     run_installer(recipe, target, vm, out_dir, progress)
-        with stages.stage("boot"):
-            address = boot(recipe, target, vm, progress, report)
-            report.vm["address"] = address
-        verify_stage(stages, recipe, rendered, target, vm, address, out_dir)
-        forget_seed(target, vm, built, progress)
+        boot_and_verify(stages, recipe, rendered, target, vm, built, out_dir)
     return report
+
+
+def boot_and_verify(stages: Stages, recipe: Recipe, rendered: Rendered, target: Target, vm: VM, built: Built,
+                    out_dir: Path) -> None:
+    """The end of make and clone: boot, run the recipe's checks, then forget the seed (it holds a private key)."""
+    with stages.stage("boot"):
+        address = boot(recipe, target, vm, stages.progress, stages.report)
+        stages.report.vm["address"] = address
+    verify_stage(stages, recipe, rendered, target, vm, address, out_dir)
+    forget_seed(target, vm, built, stages.progress)
 
 
 @contextlib.contextmanager

@@ -20,8 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "interrupted release left is removed by the next one (or by `imgbuild status`). "
                                    "Writes OUT/RECIPE/release.json and release.log.")
     p.add_argument("recipe", metavar="RECIPE")
-    p.add_argument("--keep", type=int, default=3, metavar="N", dest="keep_releases",
-                   help="releases kept, the new one included (default 3; at least 1)")
+    jobs.add_keep_releases_option(p)
     p.add_argument("--refresh-image", action="store_true",
                    help="build the golden image again from the mirror's current packages first")
     p.add_argument("--method", choices=("image", "installer"), help="override the recipe's install.method")

@@ -19,8 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "build). The VM itself stays a VM: the next `make RECIPE` verifies it again or "
                                    "rebuilds it.")
     p.add_argument("recipe", metavar="RECIPE")
-    p.add_argument("--keep", type=int, default=3, metavar="N", dest="keep_releases",
-                   help="releases kept, the new one included (default 3)")
+    jobs.add_keep_releases_option(p)
     jobs.add_json_option(p)
     add_target_options(p)
     p.set_defaults(func=run)
