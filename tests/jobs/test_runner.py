@@ -195,3 +195,44 @@ def test_cli_modules_import_only_the_pipelines_public_modules() -> None:
                         name.startswith(a + ".") for a in allowed):
                     offenders.append(f"{path.relative_to(REPO)}: {name}")
     assert offenders == []
+
+
+class Stop(KeyboardInterrupt):
+    """Like builder.errors.Terminated (SIGTERM): a KeyboardInterrupt of its own class."""
+
+
+def test_the_interrupts_own_class_reaches_every_job_and_the_caller(guests: Guests, sim_env: PveSimulator,
+                                                                     tmp_path: Path) -> None:
+    """The runner raises the very class it caught (SIGTERM's Terminated stays Terminated: exit 143, not 130)
+    inside the other jobs and again in the caller's thread."""
+    from builder.pipeline.events import CollectSink
+    from builder.pipeline.jobs import MakeOptions, make_jobs, run_jobs
+    from builder.targets.pve.connect import open_pve_target
+
+    seen: dict[str, str] = {}
+    waiting = threading.Event()
+
+    def stop() -> None:
+        assert waiting.wait(30)
+        raise Stop
+
+    def wait() -> None:
+        waiting.set()
+        try:
+            for _ in range(600):
+                time.sleep(0.05)
+        except BaseException as exc:
+            seen["web-server"] = type(exc).__name__
+            raise
+
+    guests.hooks.update({"ssh-server": stop, "web-server": wait})
+    recipes = resolve_recipes(["web-server", "ssh-server"], REPO / "recipes")
+    out = tmp_path / "out"
+    sink = CollectSink()
+    with pytest.raises(Stop):
+        run_jobs(make_jobs(recipes, out, MakeOptions()), open_target=lambda: open_pve_target("sim", out),
+                 sink=sink, out_root=out, parallel=2)
+    assert seen == {"web-server": "Stop"}
+    assert {e["job"] for e in sink.events if e["event"] == "result" and e["interrupted"]} == {"web-server",
+                                                                                             "ssh-server"}
+    no_orphans(sim_env, keep=image_volume)
