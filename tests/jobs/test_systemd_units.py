@@ -52,8 +52,10 @@ def test_service_runs_make_all_and_a_golden_release_into_the_journal() -> None:
     starts = [line.split("=", 1)[1].lstrip("-") for line in text.splitlines() if line.startswith("ExecStart=")]
     commands = [shlex.split(s)[1:] for s in starts]
     assert commands == [["make", "--all", "--refresh-image"], ["release", "golden-base", "--keep", "3"]]
+    post = [shlex.split(line.split("=", 1)[1])[1:] for line in text.splitlines() if line.startswith("ExecStopPost=")]
+    assert post == [["report", "--html", "/var/lib/imgbuild/index.html"]]
     parser = build_parser()
-    for argv in commands:  # the CLI takes them as written
+    for argv in commands + post:  # the CLI takes them as written
         args = parser.parse_args(argv)
         assert callable(args.func)
     assert (REPO / "recipes" / "golden-base.yaml").exists()
