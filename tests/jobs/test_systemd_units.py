@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import configparser
 import shlex
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -29,8 +28,11 @@ def unit(name: str) -> configparser.RawConfigParser:
 
 
 def test_units_verify(tmp_path: Path) -> None:
+    """As installed from this checkout: the units name /opt/imgbuild, here replaced by this repository (verify
+    checks that the commands exist and are executable)."""
+    assert (REPO / ".venv" / "bin" / "imgbuild").exists()
     for path in UNITS.glob("imgbuild-nightly.*"):
-        shutil.copy(path, tmp_path)
+        (tmp_path / path.name).write_text(path.read_text().replace("/opt/imgbuild", str(REPO)))
     proc = verify(tmp_path, "imgbuild-nightly.timer", "imgbuild-nightly.service")
     assert proc.returncode == 0 and proc.stderr.strip() == "", proc.stderr
     # the check has teeth: a broken calendar is refused
