@@ -31,6 +31,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine from /proc/stat: how much of the cores a run kept busy
+    (other processes on the machine count too; the run's own share is what changes between -j 1 and -j 2)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def imgbuild(out: Path, env: dict[str, str], *args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "builder", "--out-dir", str(out), *args], cwd=REPO, env=env,
@@ -55,11 +63,16 @@ def stage_table(run: dict[str, Any], out: Path) -> dict[str, dict[str, float]]:
 
 def bench_make(out: Path, env: dict[str, str], results: dict[str, Any]) -> None:
     for jobs in (1, 2):
+        busy0, total0 = cpu_ticks()
         wall, proc = imgbuild(out / f"j{jobs}", env, "make", "--all", "--refresh-image", "-j", str(jobs), "--json")
+        busy1, total1 = cpu_ticks()
         run = summary(proc.stdout)
+        busy = round((busy1 - busy0) / max(1, total1 - total0), 3)
         results[f"j{jobs}"] = {"wall": round(wall, 1), "ok": run["ok"], "stages": stage_table(run, out / f"j{jobs}"),
-                               "failed": {j["name"]: j["error"] for j in run["jobs"] if not j["ok"]}}
-        print(f"make --all --refresh-image -j {jobs}: {wall:.0f}s, ok={run['ok']}", flush=True)
+                               "failed": {j["name"]: j["error"] for j in run["jobs"] if not j["ok"]},
+                               "cpu_busy": busy}
+        print(f"make --all --refresh-image -j {jobs}: {wall:.0f}s, ok={run['ok']}, cores busy {100 * busy:.0f}%",
+              flush=True)
         for name, error in results[f"j{jobs}"]["failed"].items():
             print(f"  {name} FAILED: {error}", flush=True)
     ratio = results["j2"]["wall"] / results["j1"]["wall"]
