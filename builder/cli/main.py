@@ -1,22 +1,25 @@
 """Entry point: parse, dispatch, and turn ImgbuildError into one message and an exit code.
 
-Exit codes: 0 success, 1 operational failure (or a failed check), 2 invalid input, 130 interrupted.
-Tracebacks only with --debug.
+Exit codes: 0 success, 1 operational failure (or a failed check), 2 invalid input, 130 interrupted
+(Ctrl-C), 143 terminated (SIGTERM; the same cleanup as Ctrl-C). Tracebacks only with --debug.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 
 from builder import __version__
 from builder.cli import commands
 from builder.cli.context import Context, default_out_dir, default_recipes_dir
 from builder.cli.output import Output
-from builder.errors import ImgbuildError
+from builder.errors import ImgbuildError, Terminated
 
 DESCRIPTION = """\
 imgbuild turns a short YAML recipe into a running, verified Debian virtual machine:
@@ -56,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out=Output(as_json=getattr(args, "json", False)),
     )
     try:
-        return int(args.func(ctx, args) or 0)
+        with terminated_on_sigterm():
+            return int(args.func(ctx, args) or 0)
     except ImgbuildError as exc:
         if args.debug:
             raise
@@ -65,9 +69,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             for line in exc.detail.splitlines():
                 print(f"  {line}", file=sys.stderr)
         return exc.exit_code
+    except Terminated:
+        print("imgbuild: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("imgbuild: interrupted", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def terminated_on_sigterm() -> Iterator[None]:
+    """While the command runs, SIGTERM raises Terminated (a KeyboardInterrupt): the cleanup Ctrl-C gets
+    (VM destroyed, seed removed, child processes stopped, temporary files removed) runs on SIGTERM too.
+    A second SIGTERM while that cleanup runs is ignored (SIGKILL still stops everything at once).
+    The previous handler comes back afterwards (main() also runs inside tests)."""
+
+    def cleaning_up(signum: int, frame: FrameType | None) -> None:
+        print("imgbuild: SIGTERM again: still cleaning up (SIGKILL stops at once, leaving things behind)",
+              file=sys.stderr)
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, cleaning_up)
+        raise Terminated("terminated by SIGTERM")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run() -> None:

@@ -84,6 +84,12 @@ def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
                 record.detail = "up to date: the VM was built from these exact inputs; verifying it again"
                 progress.note(f"{recipe.name} is up to date on {target.name} (use --rebuild for a new VM)")
                 report.vm = {"name": vm.name, "target": vm.target, "id": vm.ident, "reused": True}
+                # Its seed still staged: a run ended (killed) before verifying it. Finish that run's work: after
+                # verification the seed is detached and removed; after a failure the VM goes like a new one.
+                seed = target.staged_copy(built.seed, "iso", label=f"{recipe.name}-seed")
+                if seed is not None:
+                    built.staged["seed"] = seed
+                    created = True
         else:
             with stages.stage("stage"):
                 stage_media(target, built, report, progress)
@@ -286,11 +292,9 @@ def access_info(recipe: Recipe, rendered: Rendered, target: Target, vm: VM, addr
 def forget_seed(target: Target, vm: VM, built: Built, progress: Progress) -> None:
     """The seed ISO holds the guest's private host key: once verified, detach it and remove it from the target."""
     seed = built.staged.get("seed")
-    if seed is None:
-        return
-    slot = 1 if "installer" in built.staged else 0
-    target.set_cdrom(vm, slot, None)
-    target.unstage(seed)
+    target.set_cdrom(vm, 1 if built.installer is not None else 0, None)  # also a seed no longer staged
+    if seed is not None:
+        target.unstage(seed)
     progress.step("seed ISO detached and removed from the target")
 
 

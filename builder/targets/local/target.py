@@ -32,7 +32,7 @@ from builder.targets.console import panic_since
 from builder.targets.local import png
 from builder.targets.local.accel import ACCEL_CHOICES, choose_accel, qemu_version, tcg_threads
 from builder.targets.local.agent import GuestAgent, usable_addresses
-from builder.targets.local.network import free_loopback_ports, slirp_for
+from builder.targets.local.network import SlirpNet, free_loopback_ports, slirp_for
 from builder.targets.local.prune import unused_staged_images
 from builder.targets.local.qemu_cmd import OVMF_CODE, OVMF_VARS, DiskState, Layout, boot_indexes, qemu_argv
 from builder.targets.local.qmp import QMPClient, QMPError
@@ -96,11 +96,7 @@ class LocalTarget(Target):
             raise ImgbuildError(f"cannot stage {path}: no such file")
         digest = cached_sha256(path)
         size = path.stat().st_size
-        safe = re.sub(r"[^A-Za-z0-9._-]", "_", label)[:60] or kind
-        suffix = ".iso" if kind == "iso" else ".qcow2"
-        if safe.endswith(suffix):
-            safe = safe[: -len(suffix)]
-        dest = self.staging_dir / f"{digest[:16]}-{safe}{suffix}"
+        dest = self.staging_dir / _staged_name(digest, label, kind)
         if dest.exists() and dest.stat().st_size == size:
             return Staged(kind, str(dest), digest, size, uploaded=False)
         self.staging_dir.mkdir(parents=True, exist_ok=True)
@@ -114,6 +110,16 @@ class LocalTarget(Target):
             os.chmod(tmp, 0o444 if kind == "image" else 0o600)
         os.replace(tmp, dest)
         return Staged(kind, str(dest), digest, size, uploaded=True)
+
+    def staged_copy(self, path: Path, kind: ArtifactKind, *, label: str) -> Staged | None:
+        path = Path(path)
+        if not path.is_file():
+            return None
+        digest = cached_sha256(path)
+        dest = self.staging_dir / _staged_name(digest, label, kind)
+        if dest.is_file() and dest.stat().st_size == path.stat().st_size:
+            return Staged(kind, str(dest), digest, dest.stat().st_size, uploaded=False)
+        return None
 
     def unstage(self, staged: Staged) -> None:
         ref = Path(staged.ref)
@@ -143,7 +149,15 @@ class LocalTarget(Target):
             shutil.rmtree(vmdir)
         vmdir.mkdir(parents=True)
         os.chmod(vmdir, 0o700)
+        try:
+            state = self._create_in(vmdir, spec, slirp, progress)
+        except BaseException:  # a failed or interrupted create leaves no half-made VM (no QEMU runs yet)
+            shutil.rmtree(vmdir, ignore_errors=True)
+            raise
+        self._prune_staged_images(progress)
+        return self._vm(spec.name, state)
 
+    def _create_in(self, vmdir: Path, spec: VMSpec, slirp: SlirpNet, progress: Progress) -> VMState:
         disks = []
         for i, disk in enumerate(spec.disks):
             path = vmdir / f"disk{i}.qcow2"
@@ -190,8 +204,7 @@ class LocalTarget(Target):
             inputs=spec.inputs,
         )
         save_state(vmdir, state)
-        self._prune_staged_images(progress)
-        return self._vm(spec.name, state)
+        return state
 
     def find_vm(self, name: str) -> VM | None:
         """The VM called *name*; one whose state.json is unusable comes back ``broken`` (destroy removes it)."""
@@ -262,8 +275,18 @@ class LocalTarget(Target):
         )
 
     def is_running(self, vm: VM) -> bool:
+        return self._pid(vm) is not None
+
+    def _pid(self, vm: VM) -> int | None:
+        """The VM's live QEMU process: the recorded pid, else QEMU's own pid file (an imgbuild interrupted
+        while QEMU daemonized never recorded it). The QMP socket path on the command line guards against
+        a reused pid."""
         state = self._state(vm)
-        return process_alive(state.pid, str(Path(state.sockdir) / "qmp.sock"))
+        marker = str(Path(state.sockdir) / "qmp.sock")
+        for pid in (state.pid, read_pidfile(self.vm_dir(vm.name) / "qemu.pid")):
+            if process_alive(pid, marker):
+                return pid
+        return None
 
     def wait_stopped(self, vm: VM, timeout: float, *, progress: Progress = NullProgress()) -> None:
         start = time.monotonic()
@@ -302,8 +325,8 @@ class LocalTarget(Target):
             self._mark_stopped(vm)
 
     def stop(self, vm: VM) -> None:
-        pid = self._state(vm).pid
-        if self.is_running(vm):
+        pid = self._pid(vm)
+        if pid is not None:
             try:
                 with self._qmp(vm) as qmp:
                     qmp.execute("quit")
@@ -350,7 +373,19 @@ class LocalTarget(Target):
         if sockdir != vmdir and sockdir.exists():
             shutil.rmtree(sockdir, ignore_errors=True)
         shutil.rmtree(vmdir)
+        self._remove_staged_seeds(vm.name)
         self._prune_staged_images()
+
+    def _remove_staged_seeds(self, name: str) -> None:
+        """A VM's seed ISO holds its private host key: when the VM goes, its staged seeds go, whether still
+        in a drive or left staged by a run that ended before attaching or forgetting it."""
+        if not self.staging_dir.is_dir():
+            return
+        pattern = re.compile(r"[0-9a-f]{16}-" + re.escape(_safe_label(f"{name}-seed", "iso")) + r"\.iso")
+        in_use = {c for vm in self._local_vms() if vm.state is not None for c in vm.state.cdroms if c}
+        for iso in self.staging_dir.glob("*.iso"):
+            if pattern.fullmatch(iso.name) and str(iso) not in in_use:
+                iso.unlink(missing_ok=True)
 
     def _destroy_broken(self, name: str) -> None:
         """Remove a VM whose state.json is unusable: its QEMU (found from the pid file, whose path is on
@@ -378,6 +413,7 @@ class LocalTarget(Target):
         if sockdir != vmdir:
             shutil.rmtree(sockdir, ignore_errors=True)
         shutil.rmtree(vmdir)
+        self._remove_staged_seeds(name)
         self._prune_staged_images()
 
     def _prune_staged_images(self, progress: Progress = NullProgress()) -> None:
@@ -399,6 +435,8 @@ class LocalTarget(Target):
         state = self._state(vm)
         if not 0 <= slot < len(state.cdroms):
             raise InvalidInput(f"{vm.name} has {len(state.cdroms)} CD-ROM drive(s); no slot {slot}")
+        if state.cdroms[slot] == (staged.ref if staged else None):
+            return
         if self.is_running(vm):
             with self._qmp(vm) as qmp:
                 if staged is None:
@@ -684,6 +722,17 @@ class LocalTarget(Target):
 def _cpu_for(cpu: str, accel: str | None) -> str:
     """'host' means nothing to TCG (QEMU refuses it): emulate the richest CPU instead."""
     return "max" if cpu == "host" and accel != "kvm" else cpu
+
+
+def _safe_label(label: str, kind: ArtifactKind) -> str:
+    suffix = ".iso" if kind == "iso" else ".qcow2"
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", label)[:60] or kind
+    return safe[: -len(suffix)] if safe.endswith(suffix) else safe
+
+
+def _staged_name(digest: str, label: str, kind: ArtifactKind) -> str:
+    """``<sha256[:16]>-<label>.iso|.qcow2``: content-addressed, and the label says whose it is."""
+    return f"{digest[:16]}-{_safe_label(label, kind)}{'.iso' if kind == 'iso' else '.qcow2'}"
 
 
 def _socket_dir(vmdir: Path) -> Path:
