@@ -11,6 +11,7 @@ import contextlib
 import logging
 import signal
 import sys
+import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
@@ -20,6 +21,7 @@ from builder.cli import commands
 from builder.cli.context import Context, default_out_dir, default_recipes_dir
 from builder.cli.output import Output
 from builder.errors import ImgbuildError, Terminated
+from builder.secrets.redact import RedactingFilter, redact
 
 DESCRIPTION = """\
 imgbuild turns a short YAML recipe into a running, verified Debian virtual machine:
@@ -48,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
     if not args.debug:
         # paramiko logs every refused connection with a traceback while a guest boots; our own
         # messages say what matters.
@@ -62,12 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         with terminated_on_sigterm():
             return int(args.func(ctx, args) or 0)
     except ImgbuildError as exc:
-        if args.debug:
-            raise
-        print(f"imgbuild: error: {exc.message}", file=sys.stderr)
+        if args.debug:  # the traceback, with secrets hidden like everywhere else
+            print(redact(traceback.format_exc()), file=sys.stderr, end="")
+        print(redact(f"imgbuild: error: {exc.message}"), file=sys.stderr)
         if exc.detail:
             for line in exc.detail.splitlines():
-                print(f"  {line}", file=sys.stderr)
+                print(redact(f"  {line}"), file=sys.stderr)
         return exc.exit_code
     except Terminated:
         print("imgbuild: terminated (SIGTERM)", file=sys.stderr)
@@ -75,6 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("imgbuild: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # a bug: its traceback is what helps, with secrets hidden like everywhere else
+        print(redact(traceback.format_exc()), file=sys.stderr, end="")
+        return 1
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from builder.render.inputs import HostKey, RenderInputs
 from builder.render.preseed import render_preseed
 from builder.secrets.keys import ensure_keypair
 from builder.secrets.passwords import hash_password, verify_password
+from builder.secrets.redact import remember, url_secrets
 
 SEED_FILES = ("user-data", "meta-data", "network-config")
 HOST_KEY = "ssh_host_ed25519_key"
@@ -38,7 +39,7 @@ class Rendered:
     known_hosts: Path
     host_public_key: str
     admin_key: Path | None  # private key imgbuild logs in with; None: the user's own keys/agent
-    secrets: tuple[str, ...] = field(default=(), repr=False)  # plain passwords, for redaction
+    secrets: tuple[str, ...] = field(default=(), repr=False)  # plain passwords and proxy credentials, redacted
 
     @property
     def seed_files(self) -> dict[str, Path]:
@@ -119,6 +120,8 @@ def known_hosts_text(recipe: Recipe, public_key: str) -> str:
 def render_recipe(recipe: Recipe, out_root: Path, environ: Mapping[str, str] | None = None) -> Rendered:
     out_dir = recipe_out_dir(out_root, recipe)
     inputs, admin_key, secrets = resolve_inputs(recipe, out_dir, os.environ if environ is None else environ)
+    secrets += url_secrets(recipe.mirror.proxy)
+    remember(*secrets)  # from here on, no output of this process shows them (builder.secrets.redact)
     user_data = render_user_data(recipe, inputs)
     network = render_network_config(recipe)
     contents = {
