@@ -14,7 +14,7 @@ import sys
 import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import FrameType
+from types import FrameType, TracebackType
 
 from builder import __version__
 from builder.cli import commands
@@ -33,9 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgbuild", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"imgbuild {__version__}")
-    parser.add_argument("--recipes-dir", type=Path, default=None, metavar="DIR",
+    parser.add_argument("--recipes-dir", type=directory_arg, default=None, metavar="DIR",
                         help="where recipes are looked up by name (default: $IMGBUILD_RECIPES or ./recipes)")
-    parser.add_argument("--out-dir", type=Path, default=None, metavar="DIR",
+    parser.add_argument("--out-dir", type=directory_arg, default=None, metavar="DIR",
                         help="build output root; each recipe writes to DIR/NAME/ (default: $IMGBUILD_OUT or ./out)")
     parser.add_argument("--debug", action="store_true", help="verbose logging and full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -43,6 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     for module in commands.ALL:
         module.register(sub)
     return parser
+
+
+def directory_arg(text: str) -> Path:
+    """A directory option: never empty (``--out-dir ""`` would silently mean the current directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a directory, not be empty")
+    return Path(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,9 +86,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("imgbuild: interrupted", file=sys.stderr)
         return 130
-    except Exception:  # a bug: its traceback is what helps, with secrets hidden like everywhere else
-        print(redact(traceback.format_exc()), file=sys.stderr, end="")
-        return 1
 
 
 @contextlib.contextmanager
@@ -110,7 +114,13 @@ def terminated_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _redacted_excepthook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+    """A bug's traceback is what helps; it is printed with secrets hidden like everything else."""
+    print(redact("".join(traceback.format_exception(kind, value, tb))), file=sys.stderr, end="")
+
+
 def run() -> None:
+    sys.excepthook = _redacted_excepthook
     sys.exit(main())
 
 

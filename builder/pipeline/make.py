@@ -18,6 +18,7 @@ from builder.fsutil import write_atomic
 from builder.image.build import GoldenImage, build_golden_image
 from builder.iso.installer import build_recipe_isos, read_seed_files
 from builder.iso.seed import build_seed_iso, content_epoch
+from builder.outdir import recipe_lock
 from builder.pipeline import specs
 from builder.pipeline.report import Report
 from builder.pipeline.stages import Stages
@@ -64,7 +65,7 @@ def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
     def leave(ok: bool) -> None:
         settle(target, vm, built, created=created, ok=ok, options=options, report=report, progress=progress)
 
-    with reported(report, out_dir / "report.json", leave):
+    with recipe_lock(out_root, recipe.name, f"make {recipe.name}"), reported(report, out_dir / "report.json", leave):
         with stages.stage("render"):
             rendered = render_recipe(recipe, out_root)
         with stages.stage("build"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from builder.errors import InvalidInput
 from builder.recipe.problems import FieldPath, Problem, RecipeInvalid
 from builder.recipe.yamlmarks import MarkedDoc, load_marked
 
@@ -15,6 +16,14 @@ def list_recipe_files(recipes_dir: Path) -> list[Path]:
     if not recipes_dir.is_dir():
         return []
     return sorted(p for p in recipes_dir.iterdir() if p.suffix in RECIPE_SUFFIXES and p.is_file())
+
+
+def recipes_in(recipes_dir: Path) -> list[Path]:
+    """The recipe files of *recipes_dir*; a directory that does not exist is an error, not an empty list."""
+    if not recipes_dir.is_dir():
+        raise InvalidInput(f"the recipes directory {recipes_dir} does not exist (or is not a directory)",
+                           detail="name it with --recipes-dir or $IMGBUILD_RECIPES")
+    return list_recipe_files(recipes_dir)
 
 
 def find_recipe(ref: str, recipes_dir: Path, *, relative_to: Path | None = None) -> Path:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from builder.errors import ImgbuildError
 from builder.fsutil import write_atomic
+from builder.outdir import recipe_dir
 from builder.recipe.model import Recipe
 from builder.recipe.problems import Problem, RecipeInvalid
 from builder.render.cloudinit import render_meta_data, render_network_config, render_user_data
@@ -47,10 +48,7 @@ class Rendered:
 
 
 def recipe_out_dir(out_root: Path, recipe: Recipe) -> Path:
-    path = out_root / recipe.name
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-    return path
+    return recipe_dir(out_root, recipe.name)  # a real directory of ours, 0700; never a symlink followed
 
 
 def resolve_inputs(recipe: Recipe, out_dir: Path,

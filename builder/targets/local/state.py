@@ -87,7 +87,7 @@ def load_state(vmdir: Path, socket_dirs: tuple[Path, ...] = ()) -> VMState | Non
     path = vmdir / STATE_FILE
     try:
         data = json.loads(path.read_bytes())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except (OSError, ValueError) as exc:  # ValueError covers bad JSON and bad UTF-8
         raise BrokenState(f"cannot read VM state {path}: {exc}") from exc
