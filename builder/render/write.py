@@ -61,7 +61,7 @@ def resolve_inputs(recipe: Recipe, out_dir: Path,
         admin_key = pair.private_path
         extra[recipe.admin.name] = (pair.public_line,)
     hashes_path = out_dir / HASHES
-    stored: dict[str, str] = json.loads(hashes_path.read_text()) if hashes_path.exists() else {}
+    stored = _stored_hashes(hashes_path)
     hashes: dict[str, str | None] = {}
     secrets: list[str] = []
     problems: list[Problem] = []
@@ -72,6 +72,12 @@ def resolve_inputs(recipe: Recipe, out_dir: Path,
         if not value:
             problems.append(Problem(recipe.source, 0, field_path,
                                     f"environment variable {var} is not set (it should hold the password)"))
+            return None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # os.environ keeps undecodable bytes as surrogates
+            problems.append(Problem(recipe.source, 0, field_path,
+                                    f"environment variable {var} is not UTF-8 text (passwords are hashed as UTF-8)"))
             return None
         secrets.append(value)
         old = stored.get(account)
@@ -98,6 +104,25 @@ def resolve_inputs(recipe: Recipe, out_dir: Path,
         password_hashes=hashes, root_hash=root_hash, extra_keys=extra,
     )
     return inputs, admin_key, tuple(secrets)
+
+
+def _stored_hashes(path: Path) -> dict[str, str]:
+    """password-hashes.json (account -> crypt hash, kept so re-rendering is stable); {} when absent."""
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise _corrupt(path, str(exc)) from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise _corrupt(path, "not a JSON object of account names and hashes")
+    return data
+
+
+def _corrupt(path: Path, why: str) -> ImgbuildError:
+    return ImgbuildError(f"cannot read {path}: {why}",
+                         detail="remove it: the passwords are hashed again on the next render (new salts, so a "
+                                "VM built before is then rebuilt)")
 
 
 def login_material(recipe: Recipe, out_root: Path) -> tuple[Path, Path | None]:

@@ -36,6 +36,7 @@ from builder.targets.local.network import SlirpNet, free_loopback_ports, slirp_f
 from builder.targets.local.prune import unused_staged_images
 from builder.targets.local.qemu_cmd import OVMF_CODE, OVMF_VARS, DiskState, Layout, boot_indexes, qemu_argv
 from builder.targets.local.qmp import QMPClient, QMPError
+from builder.targets.local.rundir import ensure_private, socket_dir
 from builder.targets.local.state import (
     BrokenState,
     ExtraForward,
@@ -48,7 +49,6 @@ from builder.targets.local.state import (
 )
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes
 # Seconds an unused staged *copy* is kept (another make may be about to create a VM on it). Only copies need
 # it: where the image cache shares the out dir's filesystem, staging hard-links, and a staged image that is
 # the only name of its bytes is an old image for certain.
@@ -200,7 +200,7 @@ class LocalTarget(Target):
             agent=spec.agent,
             ovmf_vars=ovmf_vars,
             console_log=str(console),
-            sockdir=str(_socket_dir(vmdir)),
+            sockdir=str(socket_dir(vmdir)),
             inputs=spec.inputs,
         )
         save_state(vmdir, state)
@@ -237,8 +237,7 @@ class LocalTarget(Target):
             progress.note(f"using TCG (software emulation): {verdict.reason}")
         if verdict.accel == "tcg":
             progress.note(f"TCG {verdict.tcg_threads}-threaded: {verdict.threads_reason}")
-        sockdir = Path(state.sockdir)
-        sockdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        sockdir = ensure_private(Path(state.sockdir))
         vmdir = self.vm_dir(vm.name)
         console = Path(state.console_log)
         console_offset = console.stat().st_size if console.exists() else 0
@@ -409,7 +408,7 @@ class LocalTarget(Target):
                 time.sleep(0.1)
         if process_alive(pid, str(pidfile)):
             raise ImgbuildError(f"QEMU process {pid} of {name} does not die")
-        sockdir = _socket_dir(vmdir)
+        sockdir = socket_dir(vmdir)
         if sockdir != vmdir:
             shutil.rmtree(sockdir, ignore_errors=True)
         shutil.rmtree(vmdir)
@@ -597,7 +596,7 @@ class LocalTarget(Target):
             guest_ports=list(src.guest_ports),
             ovmf_vars=ovmf_vars,
             console_log=str(console),
-            sockdir=str(_socket_dir(vmdir)),
+            sockdir=str(socket_dir(vmdir)),
             forwards={},
             extra_forwards=[],
             pid=None,
@@ -624,7 +623,7 @@ class LocalTarget(Target):
         return LocalVM(name=name, target=self.name, ident=str(self.vm_dir(name)), state=state)
 
     def _load(self, vmdir: Path) -> VMState | None:
-        return load_state(vmdir, socket_dirs=(_socket_dir(vmdir),))
+        return load_state(vmdir, socket_dirs=(socket_dir(vmdir),))
 
     def _state(self, vm: VM) -> VMState:
         if isinstance(vm, LocalVM) and vm.state is not None:
@@ -733,14 +732,6 @@ def _safe_label(label: str, kind: ArtifactKind) -> str:
 def _staged_name(digest: str, label: str, kind: ArtifactKind) -> str:
     """``<sha256[:16]>-<label>.iso|.qcow2``: content-addressed, and the label says whose it is."""
     return f"{digest[:16]}-{_safe_label(label, kind)}{'.iso' if kind == 'iso' else '.qcow2'}"
-
-
-def _socket_dir(vmdir: Path) -> Path:
-    """The VM directory, or a short directory under /tmp when socket paths would not fit in sun_path."""
-    if len(str(vmdir / "qmp.sock")) <= MAX_SOCKET_PATH:
-        return vmdir
-    digest = hashlib.sha256(str(vmdir).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"imgbuild-{digest}"
 
 
 def _virtual_size(image: Path) -> int:
