@@ -45,6 +45,11 @@ def test_make_ends_in_a_verified_vm(made) -> None:
     names = {a["name"] for a in report["artifacts"]}
     assert {"seed.iso", "golden-image"} <= names and all(len(a["sha256"]) == 64 for a in report["artifacts"])
     assert "ssh -i" in report["access"]["ssh"] and report["access"]["urls"][0].startswith("http://127.0.0.1:")
+    image = report["cache"]["image"]  # the package manifest is kept beside the golden image
+    manifest = json.loads(Path(image["manifest"]).read_text())
+    assert Path(image["manifest"]).parent == Path(image["path"]).parent and manifest["image_key"] == image["key"]
+    assert image["packages"] == len(manifest["packages"])
+    assert any(p["name"] == "apache2" for p in manifest["packages"])
     assert "verified on local" in result.stdout and "imgbuild destroy web-server" in result.stdout
 
 
