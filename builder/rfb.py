@@ -7,7 +7,7 @@ pseudo-encoding so a resolution change mid-read is followed), one non-incrementa
 and the server messages that may arrive meanwhile (colour map, bell, cut text are read and ignored).
 
 The byte stream is anything with ``recv(timeout)`` and ``send(data)``: a WebSocket to Proxmox VE's
-``vncwebsocket`` (builder/targets/pve/console.py) or a plain socket to QEMU's VNC server (the tests).
+``vncwebsocket`` (builder/targets/pve/screen.py) or a plain socket to QEMU's VNC server (the tests).
 """
 
 from __future__ import annotations

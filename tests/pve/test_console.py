@@ -19,7 +19,7 @@ import pytest
 from builder.errors import ImgbuildError
 from builder.targets.base import VM, DiskSpec, VMSpec
 from builder.targets.local.qmp import QMPClient
-from builder.targets.pve import console
+from builder.targets.pve import screen
 from builder.targets.pve.client import PveClient, PveError
 from builder.targets.pve.config import PveConfig
 from builder.targets.pve.target import PveTarget
@@ -101,12 +101,12 @@ def test_a_ticket_is_good_for_its_vm_and_user_only(node: Node) -> None:
     answer = client.post(f"{node.qemu_path}/vncproxy", websocket=True, **{"generate-password": True})
     forged = answer["ticket"][:-6] + "AAAAA="
     with pytest.raises(PveError, match="refused the console ticket .*invalid PVEVNC ticket"):
-        console.open_websocket(client, f"{node.qemu_path}/vncwebsocket", timeout=10, port=answer["port"],
+        screen.open_websocket(client, f"{node.qemu_path}/vncwebsocket", timeout=10, port=answer["port"],
                                vncticket=forged)
     other = f"/nodes/{node.sim.node}/qemu/{int(node.vm.ident) + 1}/vncwebsocket"
     with pytest.raises(PveError, match="invalid PVEVNC ticket"):
-        console.open_websocket(client, other, timeout=10, port=answer["port"], vncticket=answer["ticket"])
-    ws = console.open_websocket(client, f"{node.qemu_path}/vncwebsocket", timeout=10, port=answer["port"],
+        screen.open_websocket(client, other, timeout=10, port=answer["port"], vncticket=answer["ticket"])
+    ws = screen.open_websocket(client, f"{node.qemu_path}/vncwebsocket", timeout=10, port=answer["port"],
                                 vncticket=answer["ticket"])
     ws.close()
 
@@ -126,7 +126,7 @@ def test_the_ticket_and_password_follow_the_version(node: Node) -> None:
     if node.sim.api.pve_version.startswith("9."):  # type: ignore[attr-defined]
         # the ticket names its port: it opens no other proxy's
         with pytest.raises(PveError, match="invalid PVEVNC ticket"):
-            console.open_websocket(client, f"{node.qemu_path}/vncwebsocket", timeout=10, port=plain["port"],
+            screen.open_websocket(client, f"{node.qemu_path}/vncwebsocket", timeout=10, port=plain["port"],
                                    vncticket=asked["ticket"])
     else:  # nobody connects: the worker gives up after 10 s (same code for both versions)
         with pytest.raises(PveError, match="connection timed out"):
@@ -151,6 +151,6 @@ def test_a_stopped_vm_has_no_screen(node: Node, tmp_path: Path) -> None:
     with pytest.raises(ImgbuildError, match="is not running: no screen to capture"):
         node.target.screenshot(node.vm, tmp_path / "shot.png")
     with pytest.raises(ImgbuildError, match="no picture from the console") as err:
-        console.screenshot(node.target.client, node.qemu_path, tmp_path / "shot.png", timeout=20)
+        screen.screenshot(node.target.client, node.qemu_path, tmp_path / "shot.png", timeout=20)
     assert "Failed to run vncproxy." in (err.value.detail or "") and "VM 100 not running" in (err.value.detail or "")
     assert not (tmp_path / "shot.png").exists()

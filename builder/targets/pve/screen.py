@@ -90,13 +90,16 @@ def screenshot(client: PveClient, qemu_path: str, dest: Path, *, timeout: float 
                        f"{', '.join(k for k in ('password', 'ticket', 'port') if not proxy.get(k))}",
                        detail="it needs a node that supports generate-password (Proxmox VE 8.4 or later)")
     ws = open_websocket(client, f"{qemu_path}/vncwebsocket", timeout=timeout, port=int(port), vncticket=str(ticket))
+    failure: RfbError | None = None
     try:
         framebuffer = capture(_WebSocketStream(ws), str(password), timeout=timeout)
     except RfbError as exc:
+        failure = exc
+    finally:  # also on Ctrl-C/SIGTERM: closing ends the proxy task on the node
         ws.close(timeout=2)
-        raise ImgbuildError(f"no picture from the console of {qemu_path}: {exc.message}",
-                            detail=_proxy_outcome(client, upid, qemu_path)) from None
-    ws.close(timeout=2)
+    if failure is not None:
+        raise ImgbuildError(f"no picture from the console of {qemu_path}: {failure.message}",
+                            detail=_proxy_outcome(client, upid, qemu_path))
     write_atomic(Path(dest), framebuffer.png())
     return Path(dest)
 
