@@ -9,10 +9,13 @@ and with the later ones of our 9.1 schema (a password always, the ticket prefixe
 
 from __future__ import annotations
 
+import socket
+import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 
@@ -143,6 +146,77 @@ def test_a_wrong_pin_refuses_the_console_before_the_token_is_sent(node: Node) ->
     with pytest.raises(PveError, match="TLS: cannot verify the certificate"):
         PveClient(config_for(node.sim, fingerprint=None)).tls_socket("/x", timeout=10)
     assert len(node.sim.requests) == before
+
+
+# --- the simulator's pveproxy, as a client that is not websocket-client sees it -------------------------------
+def _raw_get(node: Node, query: str, headers: dict[str, str]) -> tuple[ssl.SSLSocket, bytes]:
+    """A GET of vncwebsocket over TLS (certificate pinned by the CA), returning the socket and the answer head."""
+    context = ssl.create_default_context(cafile=str(node.sim.ca_file))
+    sock = context.wrap_socket(socket.create_connection(("127.0.0.1", node.sim.port), timeout=10),
+                               server_hostname="127.0.0.1")
+    lines = [f"GET /api2/json{node.qemu_path}/vncwebsocket?{query} HTTP/1.1", f"Host: 127.0.0.1:{node.sim.port}",
+             f"Authorization: PVEAPIToken={node.sim.token.full_id}={node.sim.token.secret}",
+             *(f"{k}: {v}" for k, v in headers.items())]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    return sock, head
+
+
+def _ticket_query(node: Node) -> str:
+    answer = node.target.client.post(f"{node.qemu_path}/vncproxy", websocket=True, **{"generate-password": True})
+    return urlencode({"port": answer["port"], "vncticket": answer["ticket"]})
+
+
+UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+           "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+
+
+def test_pveproxy_answers_the_upgrade_as_rfc_6455_says(node: Node) -> None:
+    sock, head = _raw_get(node, _ticket_query(node), {**UPGRADE, "Sec-WebSocket-Protocol": "binary"})
+    with sock:
+        assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+        assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in head  # RFC 6455's own example
+        assert b"Sec-WebSocket-Protocol: binary\r\n" in head  # echoed, as pveproxy does
+        sock.sendall(b"\x88\x82\x01\x02\x03\x04\x02\xea")  # close (1000), masked with 01 02 03 04
+        while chunk := sock.recv(4096):  # RFB's greeting may come first; then pveproxy hangs up
+            assert chunk.startswith(b"\x82") or not chunk.startswith(b"\x88")
+
+
+@pytest.mark.parametrize(("headers", "answer"), [
+    ({}, b"HTTP/1.1 200 OK"),  # no Upgrade: the API's JSON answer
+    ({**UPGRADE, "Upgrade": "h2c"}, b"HTTP/1.1 500 unable to upgrade to protocol 'h2c'"),
+    ({**UPGRADE, "Sec-WebSocket-Version": "8"}, b"HTTP/1.1 500 unsupported websocket-version '8'"),
+    ({k: v for k, v in UPGRADE.items() if k != "Sec-WebSocket-Key"}, b"HTTP/1.1 500 missing websocket-key"),
+])
+def test_pveproxy_upgrades_only_a_proper_request(node: Node, headers: dict[str, str], answer: bytes) -> None:
+    sock, head = _raw_get(node, _ticket_query(node), headers)
+    sock.close()
+    assert head.startswith(answer), head[:200]
+
+
+@pytest.mark.parametrize(("frame", "message"), [
+    (b"\x82\x02\x01\x02", "received unmasked websocket frame from client"),
+    (b"\x02\x82\x00\x00\x00\x00\x01\x02", "received fragmented websocket frame"),
+    (b"\xc2\x82\x00\x00\x00\x00\x01\x02", "received websocket frame with RSV flags"),
+    (b"\x82\xff" + (200000).to_bytes(8, "big") + b"\x00" * 4, "received too large websocket frame (len = 200000)"),
+    (b"\x83\x80\x00\x00\x00\x00", "received unhandled websocket opcode 3"),
+])
+def test_pveproxy_drops_frames_pve_refuses(node: Node, frame: bytes, message: str) -> None:
+    sock, head = _raw_get(node, _ticket_query(node), UPGRADE)
+    with sock:
+        assert head.startswith(b"HTTP/1.1 101")
+        sock.sendall(frame)
+        deadline = time.monotonic() + 10
+        while not [r for r in node.sim.rejections if r.kind == "websocket"]:
+            assert time.monotonic() < deadline, "pveproxy took the frame"
+            time.sleep(0.05)
+    (rejection,) = node.sim.take_rejections()
+    assert rejection.errors == {"_": message}
 
 
 def test_a_stopped_vm_has_no_screen(node: Node, tmp_path: Path) -> None:
