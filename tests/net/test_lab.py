@@ -207,3 +207,43 @@ def test_an_interrupted_lab_up_removes_what_it_made(labs: Path) -> None:
 def test_lab_down_of_nothing(labs: Path) -> None:
     result = cli("lab", "down", "--lab", "net-nothing", labs=labs)
     assert result.returncode == 0 and "nothing to remove" in result.stdout
+
+
+def test_a_loopback_forward_reaches_into_the_lab_from_the_node(chapter_lab: dict, labs: Path) -> None:
+    """What the lab target uses to reach guests: 127.0.0.1:PORT here, the connection made from the node."""
+    import socket
+
+    from builder.lab.forward import start_forward, stop_forward
+    from tests.net.netcheck import listen
+
+    listener = listen(netns_name(LAB, "lan-client"), 8022)
+    port, pid = start_forward(netns_name(LAB, "node"), "192.168.1.100", 8022)
+    try:
+        assert pid in ns.pids(netns_name(LAB, "node"))  # one of the lab's processes: lab down stops it
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            assert listener.peer() == "192.168.1.10"  # the node's address on the LAN
+        listening = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout
+        assert f"127.0.0.1:{port}" in listening  # on this machine: loopback only
+    finally:
+        stop_forward(pid)
+
+
+def test_a_guest_tap_joins_the_named_bridge_and_shows_in_status(chapter_lab: dict, labs: Path) -> None:
+    from builder.errors import ImgbuildError
+    from builder.lab.attach import plug, unplug
+
+    os.environ["IMGBUILD_LAB_DIR"] = str(labs)
+    try:
+        tap = plug(LAB, "web-server", 0, "vmbr0")
+        assert tap in bridge_ports(netns_name(LAB, "node"), "vmbr0")
+        status = json.loads(cli("lab", "status", "--lab", LAB, "--json", labs=labs).stdout)
+        assert status["guests"] == ["web-server"]
+        assert {b["name"]: b["guests"] for b in status["bridges"]}["vmbr0"] == ["web-server"]
+        with pytest.raises(ImgbuildError, match="has no bridge vmbr9 .it has vmbr0, vmbr1, vmbr2"):
+            plug(LAB, "web-server", 1, "vmbr9")
+        with pytest.raises(ImgbuildError, match="not VLAN-aware"):
+            plug(LAB, "web-server", 1, "vmbr0", vlan=5)
+        unplug(LAB, tap)
+        assert bridge_ports(netns_name(LAB, "node"), "vmbr0") == ["eno1"]
+    finally:
+        os.environ.pop("IMGBUILD_LAB_DIR", None)
