@@ -16,6 +16,7 @@ from builder.cachedir import cached_sha256, content_key, sha256_file
 from builder.errors import CheckFailed, GuestCrashed, ImgbuildError
 from builder.fsutil import write_atomic
 from builder.image.build import GoldenImage, build_golden_image
+from builder.image.manifest import manifest_path
 from builder.iso.installer import build_recipe_isos, read_seed_files
 from builder.iso.seed import build_seed_iso, content_epoch
 from builder.pipeline import specs
@@ -173,7 +174,10 @@ def build_artifacts(recipe: Recipe, rendered: Rendered, target: Target, method: 
 def prepare_image(recipe: Recipe, report: Report, progress: Progress, *, refresh: bool = False) -> GoldenImage:
     golden = build_golden_image(specs.image_spec(recipe), refresh=refresh, progress=progress)
     report.cache["image"] = {"path": str(golden.path), "key": golden.key, "reused": golden.cached,
-                             "sha256": cached_sha256(golden.path)}
+                             "sha256": cached_sha256(golden.path),
+                             # the installed packages, beside the image (builder/image/manifest.py)
+                             "manifest": str(manifest_path(golden.path)) if golden.manifest else None,
+                             "packages": len(golden.manifest.packages) if golden.manifest else None}
     progress.note(f"golden image {'reused' if golden.cached else 'built'}: {golden.path}")
     return golden
 

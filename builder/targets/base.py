@@ -88,6 +88,9 @@ class VM:
     target: str
     ident: str  # local: the VM directory; pve: vmid
     data: dict = field(default_factory=dict)
+    # Why imgbuild cannot use this VM's record (e.g. a corrupt state file), or "". A broken VM shows as
+    # such in ``status``; ``destroy`` still removes it; everything else refuses it with this reason.
+    broken: str = ""
 
 
 @dataclass(frozen=True)
