@@ -9,7 +9,6 @@ from builder.lab import netns as ns
 from builder.lab.plan import Dhcp
 from builder.lab.state import DhcpServer
 from builder.proc import require_tool, run
-from builder.targets.local.state import process_alive, read_pidfile
 
 
 def dnsmasq_argv(dhcp: Dhcp, files: Path) -> list[str]:
@@ -28,6 +27,8 @@ def dnsmasq_argv(dhcp: Dhcp, files: Path) -> list[str]:
 
 
 def start_dhcp(dhcp: Dhcp, files: Path) -> DhcpServer:
+    from builder.targets.local.state import process_alive, read_pidfile  # (not at import: targets.local imports the lab)
+
     require_tool("dnsmasq", "dnsmasq-base")
     argv = dnsmasq_argv(dhcp, files)
     pidfile = files / f"dnsmasq-{dhcp.bridge}.pid"
@@ -39,6 +40,8 @@ def start_dhcp(dhcp: Dhcp, files: Path) -> DhcpServer:
 
 
 def dhcp_running(server: DhcpServer) -> int | None:
+    from builder.targets.local.state import process_alive, read_pidfile
+
     pid = read_pidfile(Path(server.pidfile))
     return pid if process_alive(pid, "dnsmasq") else None
 
