@@ -17,6 +17,7 @@ from typing import Any
 from builder.hostnet.model import HASHING_MODES
 from builder.recipe import values as v
 from builder.recipe.problems import FieldPath, dotted
+from builder.recipe.rules import run_guarded
 
 Found = list[tuple[FieldPath, str]]
 
@@ -35,7 +36,6 @@ KIND_NAMES = {"nic": "NICs", "bond": "bonds", "vlan": "VLAN interfaces", "bridge
 
 def rule_problems(data: dict[str, Any]) -> Found:
     """Every rule problem; a group that trips over a value the schema already refused is skipped."""
-    found: Found = []
     groups: list[Callable[[], Found]] = [
         lambda: _text_problems(data),
         lambda: _name_problems(data),
@@ -46,12 +46,7 @@ def rule_problems(data: dict[str, Any]) -> Found:
         lambda: _bridge_problems(data),
         lambda: _lab_problems(data),
     ]
-    for group in groups:
-        try:
-            found += group()
-        except (TypeError, KeyError, AttributeError, IndexError, ValueError):
-            continue
-    return found
+    return run_guarded(groups)
 
 
 def _addressed(data: dict[str, Any]) -> Iterator[tuple[str, FieldPath, dict[str, Any]]]:

@@ -163,13 +163,18 @@ def wait_for_netns(name: str, proc: subprocess.Popen[str], timeout: float = 30) 
         time.sleep(0.005)
 
 
-def test_lab_down_removes_what_a_killed_lab_up_left(labs: Path) -> None:
-    lab = "net-crash"
+def lab_up_signalled(lab: str, labs: Path, sig: int) -> subprocess.Popen[str]:
+    """`lab up` sent *sig* as soon as its node namespace exists (whatever an earlier run left removed first)."""
     cli("lab", "down", "--lab", lab, labs=labs)
     proc = start_lab_up(lab, labs)
     wait_for_netns(netns_name(lab, "node"), proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    proc.send_signal(sig)
+    return proc
+
+
+def test_lab_down_removes_what_a_killed_lab_up_left(labs: Path) -> None:
+    lab = "net-crash"
+    lab_up_signalled(lab, labs, signal.SIGKILL).communicate()
     left = [n for n in ns.list_netns() if n.startswith(lab_prefix(lab))]
     assert left, "the kill came too late to leave anything: the test proves nothing"
     status = json.loads(cli("lab", "status", "--lab", lab, "--json", labs=labs).stdout)
@@ -192,10 +197,7 @@ def test_lab_down_works_without_the_record(labs: Path) -> None:
 
 def test_an_interrupted_lab_up_removes_what_it_made(labs: Path) -> None:
     lab = "net-intr"
-    cli("lab", "down", "--lab", lab, labs=labs)
-    proc = start_lab_up(lab, labs)
-    wait_for_netns(netns_name(lab, "node"), proc)
-    proc.send_signal(signal.SIGINT)
+    proc = lab_up_signalled(lab, labs, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     if proc.returncode == 0:  # the signal came after the lab was complete: nothing to prove this time
         cli("lab", "down", "--lab", lab, labs=labs)
