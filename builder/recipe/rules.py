@@ -56,7 +56,6 @@ def rule_problems(data: dict[str, Any], recipe_file: Path) -> Found:
     """Every rule problem. Each group of rules is guarded: where the schema already reported a value of the
     wrong shape, the rules that would trip over it are skipped instead of crashing, so a recipe with many
     mistakes still gets them all reported in one run."""
-    found: Found = []
     groups: list[Callable[[], Found]] = [
         lambda: _identity_problems(data),
         lambda: _mirror_problems(data["mirror"]),
@@ -69,6 +68,13 @@ def rule_problems(data: dict[str, Any], recipe_file: Path) -> Found:
         lambda: _install_problems(data, recipe_file),
         lambda: _verify_problems(data["verify"], data["tasks"]),
     ]
+    return run_guarded(groups)
+
+
+def run_guarded(groups: list[Callable[[], Found]]) -> Found:
+    """The problems every group finds; a group that trips over a value of the wrong shape (which the schema
+    has reported already) is skipped instead of crashing the run."""
+    found: Found = []
     for group in groups:
         try:
             found += group()
