@@ -11,6 +11,8 @@ import sys
 import time
 from typing import Protocol, TextIO, runtime_checkable
 
+from builder.secrets.redact import redact
+
 
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -70,7 +72,7 @@ class ConsoleProgress:
 
     def begin_stage(self, name: str) -> None:
         self._clear()
-        self.stream.write(f"{self.prefix}{'  ' * len(self._stages)}==> {name}\n")
+        self.stream.write(redact(f"{self.prefix}{'  ' * len(self._stages)}==> {name}\n"))
         self._stages.append((name, time.monotonic()))
         self.stream.flush()
 
@@ -81,13 +83,14 @@ class ConsoleProgress:
         elapsed = time.monotonic() - started if seconds is None else seconds
         mark = ("reused" if reused else "ok") if ok else "FAILED"
         extra = f": {summary}" if summary else ""
-        self.stream.write(f"{self.prefix}{'  ' * len(self._stages)}    {name} {mark} in {elapsed:.1f}s{extra}\n")
+        self.stream.write(redact(f"{self.prefix}{'  ' * len(self._stages)}    {name} {mark} in {elapsed:.1f}s{extra}\n"))
         self.stream.flush()
 
     def _elapsed(self) -> str:
         return f"{time.monotonic() - self.stage_start:6.1f}s"
 
     def _status(self, text: str) -> None:
+        text = redact(text)
         if self.live:
             line = f"{self.prefix}    [{self._elapsed()}] {text}"[:160]
             pad = max(0, len(self._last_line) - len(line))
@@ -107,7 +110,7 @@ class ConsoleProgress:
 
     def note(self, text: str) -> None:
         self._clear()
-        self.stream.write(f"{self.prefix}    {text}\n")
+        self.stream.write(redact(f"{self.prefix}    {text}\n"))
         self.stream.flush()
 
     def transfer(self, label: str, done: int, total: int | None) -> None:

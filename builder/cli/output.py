@@ -15,6 +15,7 @@ from typing import Any, TextIO
 from builder.pipeline.events import Event, EventSink, event
 from builder.pipeline.jobs import JobResult, RunResult
 from builder.progress import ConsoleProgress
+from builder.secrets.redact import redact, redact_data
 
 
 class JsonLines:
@@ -25,7 +26,7 @@ class JsonLines:
         self._lock = threading.Lock()
 
     def emit(self, event: Event) -> None:
-        line = json.dumps(event, default=str, sort_keys=False)
+        line = json.dumps(redact_data(json.loads(json.dumps(event, default=str))), sort_keys=False)
         with self._lock:
             self.stream.write(line + "\n")
             self.stream.flush()
@@ -67,8 +68,8 @@ class ConsoleEvents:
                 view.transfer(event["label"], event["done"], event.get("total"))
             elif kind == "result" and self.several:
                 mark = "ok" if event["ok"] else f"FAILED: {event.get('error')}"
-                self.stream.write(f"[{event['job']}] {event['kind']} {mark} in {event['seconds']:.0f}s "
-                                  f"(log: {event.get('log')})\n")
+                self.stream.write(redact(f"[{event['job']}] {event['kind']} {mark} in {event['seconds']:.0f}s "
+                                         f"(log: {event.get('log')})\n"))
                 self.stream.flush()
 
 
@@ -80,12 +81,12 @@ class Output:
 
     def text(self, line: str = "") -> None:
         if not self.as_json:
-            print(line, file=self.stream)
+            print(redact(line), file=self.stream)
 
     def data(self, payload: Any) -> None:
         """Emit the command's JSON result (only with --json)."""
         if self.as_json:
-            json.dump(payload, self.stream, indent=2, sort_keys=False, default=str)
+            json.dump(redact_data(json.loads(json.dumps(payload, default=str))), self.stream, indent=2, sort_keys=False)
             self.stream.write("\n")
 
     def table(self, rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
@@ -93,7 +94,7 @@ class Output:
             return
         widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
         for row in [header, *rows]:
-            print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=self.stream)
+            print(redact("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()), file=self.stream)
 
     # --- jobs ------------------------------------------------------------------------------------
     def events(self, jobs: int) -> EventSink:
@@ -121,9 +122,9 @@ class Output:
         return run.exit_code
 
     def _failure(self, job: JobResult, *, named: bool = True) -> None:
-        print(f"imgbuild: error: {job.name + ': ' if named else ''}{job.error}", file=self.err)
+        print(redact(f"imgbuild: error: {job.name + ': ' if named else ''}{job.error}"), file=self.err)
         for line in (job.detail or "").splitlines():
-            print(f"  {line}", file=self.err)
+            print(redact(f"  {line}"), file=self.err)
         if job.report:
             print(f"imgbuild: report: {job.report}", file=self.err)
         if job.log:

@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from builder.errors import ImgbuildError, InvalidInput
+from builder.outdir import recipe_lock
 from builder.pipeline import specs
 from builder.pipeline.make import (
     Built,
@@ -84,7 +85,7 @@ def clone(recipe: Recipe, name: str, out_root: Path, target: Target, *, ip: str 
         settle(target, vm, built, created=vm is not None, ok=ok, options=options, report=report,
                progress=progress)
 
-    with reported(report, out_dir / "report.json", leave):
+    with recipe_lock(out_root, name, f"clone {name}"), reported(report, out_dir / "report.json", leave):
         with stages.stage("find") as record:
             origin = find_source(recipe, target, source)
             record.detail = f"cloning {origin.name}"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from builder.progress import human_bytes
+from builder.secrets.redact import redact
 
 EVENT_VERSION = 1
 TRANSFER_INTERVAL = 2.0  # seconds between transfer events for one label (the last one always goes out)
@@ -127,6 +128,6 @@ class JobProgress:
     def _emit(self, ev: Event, line: str) -> None:
         if self._log is not None:
             stamp = dt.datetime.now().strftime("%H:%M:%S")
-            self._log.write(f"{stamp} {line}\n")
+            self._log.write(redact(f"{stamp} {line}\n"))
             self._log.flush()
         self.sink.emit(ev)

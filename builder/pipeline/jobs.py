@@ -116,7 +116,8 @@ def check_parallel(recipes: list[Recipe], parallel: int, target_name: str,
     if parallel < 1:
         raise InvalidInput(f"-j {parallel}: run at least one job at a time")
     jobs = min(parallel, max(1, len(recipes)))
-    if target_name != "local" or jobs == 1:
+    local = target_name in ("local", "lab") or target_name.startswith("lab:")  # guests on this machine
+    if not local or jobs == 1:
         return jobs
     capacity = capacity or Capacity(os.cpu_count() or 1, memory_available_mib())
     if jobs > capacity.cores:

@@ -10,8 +10,11 @@ as it would for a single job; then the interrupt is raised again in the caller's
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
+import os
+import signal
 import threading
 import time
 import traceback
@@ -20,7 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from builder.errors import ImgbuildError
+from builder.errors import ImgbuildError, Terminated
+from builder.outdir import recipe_dir
 from builder.pipeline import history
 from builder.pipeline.events import EventSink, JobProgress
 from builder.pipeline.report import Report
@@ -124,13 +128,33 @@ class Runner:
         self.results: dict[int, JobResult] = {}
         self._lock = threading.Lock()
         self._next = 0
-        self._stopping: type[BaseException] | None = None
+        self._stopping: BaseException | None = None  # the interrupt that stops the run
         self._running: dict[int, int] = {}  # thread ident -> job index, while the job's body runs
         self._signalled: set[int] = set()
 
     # --- the caller's thread ---------------------------------------------------------------------
     def run(self) -> RunResult:
         start = time.monotonic()
+        if self.parallel == 1:
+            self._one_at_a_time()
+        else:
+            self._in_parallel()
+        if self._stopping is not None:  # a job was interrupted from inside: the run stops as a whole
+            raise self._stopping
+        results = [self.results.get(i) or JobResult(job.kind, job.name, job.recipe.name, target="?", ok=False,
+                                                    seconds=0.0, error="not run", exit_code=1)
+                   for i, job in enumerate(self.jobs)]
+        return RunResult(results, round(time.monotonic() - start, 2), self.parallel)
+
+    def _one_at_a_time(self) -> None:
+        """-j 1: each job in the caller's thread, so Ctrl-C and SIGTERM land where they would without a runner
+        (a blocking wait, a child process: Python's own handling applies); the jobs after it never start."""
+        for index, job in enumerate(self.jobs):
+            self.results[index] = self._run_one(index, job)
+            if self._stopping is not None:
+                return
+
+    def _in_parallel(self) -> None:
         # Each worker sets its own event when it ends. Not Thread.join: a join interrupted by Ctrl-C can mark a
         # live thread as ended (CPython gh-90882), and the cleanup of its job would be abandoned.
         done = [threading.Event() for _ in range(self.parallel)]
@@ -145,26 +169,24 @@ class Runner:
                 if self._stopping is not None:
                     self._stop_all(self._stopping)
         except KeyboardInterrupt as exc:
-            self._stop_all(type(exc))
-            for d in done:  # their cleanup runs now; a second interrupt abandons it (daemon threads)
+            self._stop_all(exc)
+            for d in done:  # their cleanup runs now; a second Ctrl-C abandons it (daemon threads)
                 while not d.wait(0.5):
                     pass
             raise
-        if self._stopping is not None:  # a job was interrupted from inside: the run stops as a whole
-            raise self._stopping()
-        results = [self.results.get(i) or JobResult(job.kind, job.name, job.recipe.name, target="?", ok=False,
-                                                    seconds=0.0, error="not run", exit_code=1)
-                   for i, job in enumerate(self.jobs)]
-        return RunResult(results, round(time.monotonic() - start, 2), self.parallel)
 
-    def _stop_all(self, exc_type: type[BaseException]) -> None:
+    def _stop_all(self, exc: BaseException) -> None:
+        """Raise *exc*'s class in every running job's thread, once; stop this process's child processes (a job
+        waiting for one, an image build, say, sees it end and gets the exception then)."""
         with self._lock:
             if self._stopping is None:
-                self._stopping = exc_type
-            for ident in list(self._running):
-                if ident not in self._signalled:
-                    self._signalled.add(ident)
-                    _raise_in_thread(ident, exc_type)
+                self._stopping = exc
+            fresh = [ident for ident in self._running if ident not in self._signalled]
+            for ident in fresh:
+                self._signalled.add(ident)
+                _raise_in_thread(ident, type(exc))
+        if fresh:
+            _signal_children(signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
 
     # --- worker threads --------------------------------------------------------------------------
     def _work(self, done: threading.Event) -> None:
@@ -185,7 +207,7 @@ class Runner:
                 self.results[index] = self._run_one(index, job)
             except KeyboardInterrupt as exc:  # landed outside the job's body: still stop the run
                 with self._lock:
-                    self._stopping = self._stopping or type(exc)
+                    self._stopping = self._stopping or exc
                 return
             except Exception as exc:  # noqa: BLE001 - the runner's own bug: this job fails, the others go on
                 self.results[index] = JobResult(job.kind, job.name, job.recipe.name, target="?", ok=False,
@@ -193,7 +215,13 @@ class Runner:
                                                 detail=traceback.format_exc(), exit_code=1)
 
     def _run_one(self, index: int, job: Job) -> JobResult:
-        job_dir = self.out_root / job.name
+        try:  # a real directory of ours, 0700: a symlink or an unusable --out-dir is refused before any write
+            job_dir = recipe_dir(self.out_root, job.name)
+        except ImgbuildError as exc:
+            refused = JobResult(job.kind, job.name, job.recipe.name, target="?", ok=False, seconds=0.0,
+                                error=exc.message, detail=exc.detail, exit_code=exc.exit_code)
+            JobProgress(job.name, self.sink).emit("result", _result_line(refused), **refused.as_dict())
+            return refused
         log = job_dir / f"{job.kind}.log"
         report_path = job_dir / job.report_name
         progress = JobProgress(job.name, self.sink, log)
@@ -203,12 +231,12 @@ class Runner:
         wall = time.time()
         target: Target | None = None
         result: JobResult | None = None
-        interrupted: type[BaseException] | None = None
+        interrupted: BaseException | None = None
         try:
             try:
                 with self._lock:
                     if self._stopping is not None:
-                        raise self._stopping()
+                        raise self._stopping
                     self._running[threading.get_ident()] = index
                 target = self.open_target()
                 job.body(target, progress)
@@ -218,7 +246,7 @@ class Runner:
         except ImgbuildError as exc:
             result = self._failed(job, report_path, wall, start, exc.message, exc.detail, exc.exit_code)
         except KeyboardInterrupt as exc:
-            interrupted = type(exc)
+            interrupted = exc
             result = self._failed(job, report_path, wall, start, "interrupted", "", 130)
             result.interrupted = True
         except Exception as exc:  # noqa: BLE001 - a bug: this job fails, the others go on; the traceback goes to the log
@@ -273,6 +301,21 @@ def _result_line(result: JobResult) -> str:
     if result.ok:
         return f"{result.kind} {result.name}: ok in {result.seconds:.0f}s"
     return f"{result.kind} {result.name}: FAILED in {result.seconds:.0f}s: {result.error}"
+
+
+def _signal_children(sig: int) -> None:
+    """Send *sig* to this process's direct children (QEMU daemonizes: its own cleanup stops it)."""
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == me:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry.name), sig)
 
 
 def _raise_in_thread(ident: int, exc_type: type[BaseException]) -> None:

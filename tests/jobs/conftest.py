@@ -7,6 +7,10 @@ stream, what is left on the target after each job, and the CLI around them. Boot
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -76,3 +80,22 @@ def cli(sim_env, tmp_path: Path) -> Callable[..., int]:
 
     run.out = out  # type: ignore[attr-defined]
     return run
+
+
+def stubbed_process(cli, small_qcow2: Path, tmp_path: Path, hang: str,
+                    *args: str) -> tuple[subprocess.Popen[str], Path]:
+    """imgbuild ARGS in a process of its own (tests/jobs/stubbed_cli.py: the guest side stubbed as here), once
+    the checks of a VM whose name ends with *hang* hang: the test then signals or kills it there."""
+    signal_file = tmp_path / "hanging"
+    signal_file.unlink(missing_ok=True)
+    env = {**os.environ, "STUB_IMAGE": str(small_qcow2), "STUB_HANG": hang, "STUB_SIGNAL": str(signal_file),
+           "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "jobs" / "stubbed_cli.py"), "--recipes-dir",
+                             str(REPO / "recipes"), "--out-dir", str(cli.out), *args], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not signal_file.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    return proc, signal_file

@@ -4,17 +4,13 @@ last good one; kept, held and pruned; interrupted (SIGINT, kill -9) and cleaned 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.jobs.conftest import Guests
-from tests.pve.conftest import REPO
+from tests.jobs.conftest import Guests, stubbed_process
 from tests.pvesim.simulator import PveSimulator
 
 
@@ -106,20 +102,7 @@ def test_make_after_template_is_not_stuck(cli, guests: Guests, sim_env: PveSimul
 
 def stubbed_release(cli, sim: PveSimulator, small_qcow2: Path, tmp_path: Path, hang: str,
                     *args: str) -> tuple[subprocess.Popen[str], Path]:
-    signal_file = tmp_path / "hanging"
-    signal_file.unlink(missing_ok=True)
-    env = {**os.environ, "STUB_IMAGE": str(small_qcow2), "STUB_HANG": hang, "STUB_SIGNAL": str(signal_file),
-           "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "jobs" / "stubbed_cli.py"), "--recipes-dir",
-                             str(REPO / "recipes"), "--out-dir", str(cli.out), "release", "golden-base",
-                             "--target", "sim", *args], env=env, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not signal_file.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    return proc, signal_file
+    return stubbed_process(cli, small_qcow2, tmp_path, hang, "release", "golden-base", "--target", "sim", *args)
 
 
 @pytest.mark.parametrize("where", ["-check", "golden-base"])

@@ -17,7 +17,7 @@ import pytest
 from builder.cli.main import main
 from builder.errors import InvalidInput
 from builder.pipeline.jobs import Capacity, check_parallel, resolve_recipes
-from tests.jobs.conftest import Guests
+from tests.jobs.conftest import Guests, stubbed_process
 from tests.pve.conftest import REPO, no_orphans
 from tests.pvesim.simulator import PveSimulator
 
@@ -236,3 +236,25 @@ def test_the_interrupts_own_class_reaches_every_job_and_the_caller(guests: Guest
     assert {e["job"] for e in sink.events if e["event"] == "result" and e["interrupted"]} == {"web-server",
                                                                                              "ssh-server"}
     no_orphans(sim_env, keep=image_volume)
+
+
+def test_sigterm_stops_a_parallel_run_and_every_job_cleans_up(cli, guests: Guests, sim_env: PveSimulator,
+                                                             small_qcow2: Path, tmp_path: Path) -> None:
+    """systemd stopping the nightly unit: SIGTERM to a -j 2 run, both jobs in their checks. Both clean up (their
+    VMs and seeds removed), the run exits 143."""
+    proc, _ = stubbed_process(cli, small_qcow2, tmp_path, "-server", "make", "web-server", "ssh-server", "-j", "2",
+                              "--target", "sim")
+    deadline = time.monotonic() + 60
+    while len(sim_env.vm_ids()) < 2 or len(sim_env.requests_matching("GET", r"/agent/network-get-interfaces$")) < 2:
+        assert time.monotonic() < deadline, sim_env.vms()
+        time.sleep(0.2)
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert "Traceback" not in err
+    sim_env.wait_tasks()
+    no_orphans(sim_env, keep=image_volume)
+    for name in ("web-server", "ssh-server"):
+        report = json.loads((cli.out / name / "report.json").read_text())
+        assert report["ok"] is False and report["error"].startswith("Terminated")

@@ -19,7 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "existing VM built from the same inputs (seed, image, installer, hardware) is "
                                    "not rebuilt: it is started and verified again; --rebuild makes a new one. "
                                    "Several recipes (or --all) run as separate jobs, -j at a time; one failing "
-                                   "never stops the others, and a summary table closes the run.")
+                                   "never stops the others, and a summary table closes the run. A desktop check reads the "
+                                   "screen with QEMU's screendump locally and through the VM's VNC console "
+                                   "(vncproxy, needs VM.Console) on Proxmox VE.")
     p.add_argument("recipes", metavar="RECIPE", nargs="*", help="recipe names or paths")
     p.add_argument("--all", action="store_true", help="every recipe in the recipes directory")
     p.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
