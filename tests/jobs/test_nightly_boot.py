@@ -84,6 +84,11 @@ def test_release_is_proven_by_a_linked_clone(lab: Imgbuild) -> None:
     assert not (lab.out / f"{name}-check" / "vm").exists()  # the proof is removed once it passed
     releases = [v for v in status(lab)["vms"] if v["kind"] == "release"]
     assert [(r["name"], r["latest"], r["state"]) for r in releases] == [(name, True, "template")]
+    # for bench/nightly.md (shown with -rA): what the release added to the make of its candidate
+    stages = {s["name"]: s["seconds"] for s in report["stages"]}
+    print(f"release {name}: {json.dumps(stages)}; total {sum(stages.values()):.1f}s; added to the candidate's "
+          f"make: {sum(stages.values()) - stages['candidate']:.1f}s; the clone's stages: "
+          f"{json.dumps({s['name']: s['seconds'] for s in clone['stages']})}")
 
 
 def test_a_release_whose_clone_fails_leaves_latest_in_place(lab: Imgbuild) -> None:
