@@ -15,12 +15,12 @@ import fcntl
 import json
 import os
 import stat
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from builder.errors import ImgbuildError, InvalidInput
+from builder.fsutil import sweep_parts
 
 LOCK = ".lock"
 
@@ -77,9 +77,10 @@ def recipe_lock(out_root: Path, name: str, what: str) -> Iterator[Path]:
             raise ImgbuildError(f"{path} is in use by {_holder(fd)}",
                                 detail="one render, build, make or clone of a recipe at a time: wait for it, "
                                        "or stop it") from None
-        record = {"pid": os.getpid(), "command": what, "argv": sys.argv[1:], "since": int(time.time())}
+        record = {"pid": os.getpid(), "command": what, "since": int(time.time())}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode(), 0)
+        sweep_parts(path)  # what a killed job (SIGKILL, a power cut) was still writing
         yield path
     finally:
         os.close(fd)  # releases the flock; the file stays (removing it would race a waiting locker)
