@@ -95,11 +95,11 @@ def terminated_on_sigterm() -> Iterator[None]:
     A second SIGTERM while that cleanup runs is ignored (SIGKILL still stops everything at once).
     The previous handler comes back afterwards (main() also runs inside tests)."""
 
-    def cleaning_up(signum: int, frame: FrameType | None) -> None:
+    def cleaning_up(_signum: int, _frame: FrameType | None) -> None:
         print("imgbuild: SIGTERM again: still cleaning up (SIGKILL stops at once, leaving things behind)",
               file=sys.stderr)
 
-    def terminate(signum: int, frame: FrameType | None) -> None:
+    def terminate(_signum: int, _frame: FrameType | None) -> None:
         signal.signal(signal.SIGTERM, cleaning_up)
         raise Terminated("terminated by SIGTERM")
 

@@ -152,10 +152,6 @@ class Recipe:
         return self.users[0]
 
     @property
-    def desktop(self) -> bool:
-        return bool(DESKTOP_TASKS.intersection(self.tasks))
-
-    @property
     def display_manager(self) -> str:
         return display_manager(list(self.tasks))
 
