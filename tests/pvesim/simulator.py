@@ -104,6 +104,7 @@ class PveSimulator:
         self._server: SimHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.cert = make_node_cert(self.data_dir / "tls", node)
+        self.api.cluster_ca_pem = self.cert.ca_file.read_text()
 
     # --- lifecycle -----------------------------------------------------------------------------
     def start(self) -> PveSimulator:

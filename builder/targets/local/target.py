@@ -4,7 +4,8 @@ A VM named N lives in ``OUT/N/``: its serial console in ``OUT/N/console.log`` an
 (disks, OVMF variables, QMP and guest-agent sockets, state.json) in ``OUT/N/vm/``. QEMU runs detached
 (``-daemonize``: its own session), so a kept VM survives imgbuild; ``find_vm`` reattaches from the
 state file. Networking is user-mode with a subnet that matches the recipe; guest ports are forwarded
-from loopback ports only.
+from loopback ports only. The same target named ``lab`` puts the NICs on taps in a lab's bridges instead
+(lab_nics.py); each VM's record says which network it has, so any command finds its way to it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from builder.proc import require_tool, run
 from builder.progress import NullProgress, Progress
 from builder.targets.base import VM, ArtifactKind, Endpoint, GuestNetwork, Staged, Target, VMSpec
 from builder.targets.console import panic_since
-from builder.targets.local import png
+from builder.targets.local import lab_nics, png
 from builder.targets.local.accel import ACCEL_CHOICES, choose_accel, qemu_version, tcg_threads
 from builder.targets.local.agent import GuestAgent, usable_addresses
 from builder.targets.local.network import SlirpNet, free_loopback_ports, slirp_for
@@ -70,12 +71,16 @@ class LocalVM(VM):
 class LocalTarget(Target):
     name = "local"
 
-    def __init__(self, out_root: Path, *, accel: str = "auto") -> None:
+    def __init__(self, out_root: Path, *, accel: str = "auto", lab: str | None = None) -> None:
+        """*lab*: the target ``lab``: new VMs get their NICs in that lab's bridges instead of user networking."""
         if accel not in ACCEL_CHOICES:
             raise InvalidInput(f"accel {accel!r} is not one of {', '.join(ACCEL_CHOICES)}")
         self.out_root = Path(out_root).resolve()
         self.accel = accel
         self.qemu = "qemu-system-x86_64"
+        self.lab = lab
+        if lab is not None:
+            self.name = "lab"
 
     # --- paths ---------------------------------------------------------------------------------
     def vm_dir(self, name: str) -> Path:
@@ -133,7 +138,8 @@ class LocalTarget(Target):
         vmdir = self.vm_dir(spec.name)
         if not spec.nics:
             raise InvalidInput(f"VM {spec.name} has no NIC; the local target needs one for user-mode networking")
-        slirp = slirp_for(spec.network)
+        slirp = slirp_for(spec.network) if self.lab is None else None
+        nics = lab_nics.lab_nics(self.lab, spec) if self.lab is not None else None
         old = self._load(vmdir) if vmdir.exists() else None
         if old is not None:
             existing = self._vm(spec.name, old)
@@ -195,6 +201,7 @@ class LocalTarget(Target):
             macs=[n.mac or derive_mac(spec.name, i) for i, n in enumerate(spec.nics)],
             nic_models=[n.model for n in spec.nics],
             slirp=slirp,
+            lab=nics,
             guest_ports=list(spec.guest_ports),
             boot=list(spec.boot),
             agent=spec.agent,
@@ -215,7 +222,8 @@ class LocalTarget(Target):
         return self._vm(name, state) if state is not None else None
 
     def list_vms(self) -> list[VM]:
-        return list(self._local_vms())
+        """This target's VMs: on user networking for ``local``, in a lab for ``lab`` (and broken ones on both)."""
+        return [vm for vm in self._local_vms() if vm.state is None or (vm.state.lab is None) == (self.lab is None)]
 
     def _local_vms(self) -> list[LocalVM]:
         vms = []
@@ -242,9 +250,12 @@ class LocalTarget(Target):
         console = Path(state.console_log)
         console_offset = console.stat().st_size if console.exists() else 0
         last_error: CommandFailed | None = None
+        if state.lab is not None:
+            lab_nics.stop_forwards(state.lab)  # a forward left by a QEMU that died on its own
+            lab_nics.check_bridges(state.lab)
         for _attempt in range(3):  # a forward port taken between choosing and binding: choose again
-            ports = free_loopback_ports(len(state.guest_ports))
-            state.forwards = dict(zip(state.guest_ports, ports, strict=True))
+            ports = free_loopback_ports(len(state.guest_ports)) if state.lab is None else []
+            state.forwards = dict(zip(state.guest_ports, ports, strict=False))
             state.extra_forwards = []
             state.accel = verdict.accel
             state.tcg_threads = verdict.tcg_threads
@@ -266,6 +277,12 @@ class LocalTarget(Target):
             state.console_offset = console_offset  # what this boot writes to the (appended) console log
             self._save(vm, state)
             self._qmp(vm, wait=10).close()  # answers: the VM is up
+            if state.lab is not None:
+                try:
+                    lab_nics.plug_all(vm.name, state.lab)
+                except BaseException:
+                    self.stop(vm)
+                    raise
             return
         assert last_error is not None
         raise ImgbuildError(
@@ -491,7 +508,15 @@ class LocalTarget(Target):
 
     def endpoint(self, vm: VM, guest_address: str, port: int) -> Endpoint:
         state = self._state(vm)
+        if state.lab is not None:
+            if not self.is_running(vm):
+                raise ImgbuildError(f"{vm.name} is not running: no forward to {guest_address}:{port}")
+            endpoint, changed = lab_nics.forward(state.lab, guest_address, port)
+            if changed:
+                self._save(vm, state)
+            return endpoint
         slirp = state.slirp
+        assert slirp is not None
         if guest_address == slirp.guest and port in state.forwards:
             return Endpoint("127.0.0.1", state.forwards[port], f"loopback forward to {slirp.guest}:{port}")
         for fwd in state.extra_forwards:
@@ -593,6 +618,7 @@ class LocalTarget(Target):
             sockdir=str(socket_dir(vmdir)),
             forwards={},
             extra_forwards=[],
+            lab=replace(src.lab, forwards=[]) if src.lab is not None else None,
             pid=None,
             accel=None,
             tcg_threads=None,
@@ -609,8 +635,9 @@ class LocalTarget(Target):
 
     # --- installer -----------------------------------------------------------------------------
     def installer_log_host(self, network: GuestNetwork) -> str | None:
-        """slirp's router address: UDP sent there arrives on 127.0.0.1 of this machine."""
-        return slirp_for(network).host
+        """slirp's router address: UDP sent there arrives on 127.0.0.1 of this machine. A lab guest cannot reach
+        this machine at all (None: the installer runs without its syslog)."""
+        return slirp_for(network).host if self.lab is None else None
 
     # --- internals -----------------------------------------------------------------------------
     def _vm(self, name: str, state: VMState) -> LocalVM:
@@ -637,14 +664,18 @@ class LocalTarget(Target):
         save_state(self.vm_dir(vm.name), state)
 
     def built_from(self, vm: VM) -> str | None:
-        return None if vm.broken else self._state(vm).inputs or None
+        """The VM's inputs, or None when it is on the other network (``local`` vs ``lab``): make replaces it."""
+        if vm.broken or (self._state(vm).lab is None) != (self.lab is None):
+            return None
+        return self._state(vm).inputs or None
 
     def is_template(self, vm: VM) -> bool:
         return not vm.broken and self._state(vm).template
 
     def _mark_stopped(self, vm: VM) -> None:
         state = self._state(vm)
-        if state.pid is not None:
+        forwards = state.lab is not None and lab_nics.stop_forwards(state.lab)
+        if state.pid is not None or forwards:
             state.pid = None
             self._save(vm, state)
 
@@ -666,6 +697,8 @@ class LocalTarget(Target):
             nic_models=tuple(state.nic_models),
             slirp=state.slirp,
             forwards=dict(state.forwards),
+            taps=lab_nics.taps(name, state.lab) if state.lab is not None else (),
+            netns=state.lab.netns if state.lab is not None else None,
             boot=tuple(state.boot),
             agent=state.agent,
             console_log=state.console_log,

@@ -23,7 +23,7 @@ from builder.progress import NullProgress, Progress
 from builder.recipe.model import derived_mac
 from builder.targets.base import VM, ArtifactKind, Endpoint, GuestNetwork, Staged, Target, VMSpec
 from builder.targets.local.agent import usable_addresses
-from builder.targets.pve import vmconfig
+from builder.targets.pve import screen, vmconfig
 from builder.targets.pve.client import PveClient, PveError, volume_path
 from builder.targets.pve.jump import JumpHost
 from builder.targets.pve.upload import Uploader, reported_size, upload_name
@@ -400,8 +400,11 @@ class PveTarget(Target):
         return Endpoint("127.0.0.1", local, f"{self.jump.describe()} to {guest_address}:{port}")
 
     def screenshot(self, vm: VM, dest: Path) -> Path:
-        raise ImgbuildError(f"screenshots are not available on the Proxmox VE target {self.name}: its API has no "
-                            "screendump call", detail="open the VM's console in the PVE web UI (SPICE or noVNC)")
+        """The VM's screen through PVE's VNC console (vncproxy + vncwebsocket, screen.py): PVE has no
+        screendump call. Needs VM.Console on the VM."""
+        if not self.is_running(vm):
+            raise ImgbuildError(f"VM {vm.ident} ({vm.name}) is not running: no screen to capture")
+        return screen.screenshot(self.client, self._qemu(vm), dest)
 
     def console_log(self, vm: VM) -> Path | None:
         return None

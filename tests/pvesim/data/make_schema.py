@@ -50,6 +50,8 @@ ENDPOINTS: list[tuple[str, str]] = [
     ("GET", "/nodes/{node}/qemu/{vmid}/agent/get-host-name"),
     ("PUT", "/nodes/{node}/qemu/{vmid}/resize"),
     ("POST", "/nodes/{node}/qemu/{vmid}/status/reset"),
+    ("POST", "/nodes/{node}/qemu/{vmid}/vncproxy"),
+    ("GET", "/nodes/{node}/qemu/{vmid}/vncwebsocket"),
 ]
 
 
