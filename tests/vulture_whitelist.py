@@ -6,9 +6,11 @@ Each entry says why. Anything else vulture finds is dead: remove it.
 # ruff: noqa: B018 - vulture reads these bare names as uses
 
 from builder.debian.archive import Archive, PackageRef
+from builder.hostnet import ifupdown
 from builder.iso.installer import InstallerInfo, RecipeIsos
 from builder.iso.installer_log import SyslogMessage
 from builder.iso.isowriter import Concat
+from builder.lab import netns
 from builder.recipe.model import Network
 from builder.render.write import Rendered
 from builder.targets.base import Endpoint, Target
@@ -31,6 +33,8 @@ CheckRunner.check_http
 CheckRunner.check_desktop
 Archive.find_package  # the one-package form of find_packages, tested in tests/iso/test_debian_archive.py
 PveClient.put  # the HTTP verbs of the client, all four
+ifupdown.parsed_view  # ifupdown2's own reading of a rendered file: what tests/net compare against
+netns.sysctl  # a namespace's /proc/sys, read by tests/net
 # Target methods the pipeline does not call today (the installer flow polls is_running and relies on the
 # default boot order); kept as tested capabilities of both targets (tests/local/test_boot_media_flow.py,
 # tests/pve/test_lifecycle.py)

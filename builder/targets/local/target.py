@@ -40,6 +40,7 @@ from builder.targets.local.rundir import ensure_private, socket_dir
 from builder.targets.local.state import (
     BrokenState,
     ExtraForward,
+    LabNics,
     VMState,
     load_state,
     o_direct_supported,
@@ -156,14 +157,15 @@ class LocalTarget(Target):
         vmdir.mkdir(parents=True)
         os.chmod(vmdir, 0o700)
         try:
-            state = self._create_in(vmdir, spec, slirp, progress)
+            state = self._create_in(vmdir, spec, slirp, nics, progress)
         except BaseException:  # a failed or interrupted create leaves no half-made VM (no QEMU runs yet)
             shutil.rmtree(vmdir, ignore_errors=True)
             raise
         self._prune_staged_images(progress)
         return self._vm(spec.name, state)
 
-    def _create_in(self, vmdir: Path, spec: VMSpec, slirp: SlirpNet, progress: Progress) -> VMState:
+    def _create_in(self, vmdir: Path, spec: VMSpec, slirp: SlirpNet | None, nics: LabNics | None,
+                   progress: Progress) -> VMState:
         disks = []
         for i, disk in enumerate(spec.disks):
             path = vmdir / f"disk{i}.qcow2"
