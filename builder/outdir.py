@@ -1,7 +1,8 @@
 """A recipe's output directory ``OUT/NAME/``: what it must be before anything is written there, and its lock.
 
 ``OUT/NAME`` holds private keys and is written to freely, so it must be a real directory owned by this
-user, mode 0700: a symbolic link there (say, to ``~/.ssh``) is refused, never followed. One job at a
+user, mode 0700, holding no symbolic link: a link there or in it (say, to ``~/.ssh``) is refused, never
+followed. One job at a
 time writes it: ``render``, ``build``, ``make`` and ``clone`` hold ``OUT/NAME/.lock`` for their whole run,
 and a second one fails at once, naming the holder (two renders at once could pin one host key in
 known_hosts while user-data carries another).
@@ -47,6 +48,13 @@ def recipe_dir(out_root: Path, name: str) -> Path:
                            detail="its keys and seeds would be another user's: remove it or choose another --out-dir")
     if stat.S_IMODE(st.st_mode) != 0o700:
         os.chmod(path, 0o700)
+    try:
+        links = sorted(entry.name for entry in os.scandir(path) if entry.is_symlink())
+    except OSError as exc:
+        raise unusable(out_root, exc) from None
+    if links:  # a key, hash or seed file that leads elsewhere is read or replaced there: refused instead
+        raise InvalidInput(f"{path} holds symbolic links imgbuild did not make: {', '.join(links)}",
+                           detail="imgbuild never follows them (its keys and seeds live here): remove them")
     return path
 
 
