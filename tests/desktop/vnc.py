@@ -34,7 +34,7 @@ class SocketStream:
 class FirmwareVnc:
     """``qemu-system-x86_64`` without a disk, ``-vnc unix:DIR/vnc.sock`` (with ``password=on`` when asked)."""
 
-    def __init__(self, workdir: Path, *, password: bool = True, vga: str = "std") -> None:
+    def __init__(self, workdir: Path, *, password: bool = True, vga: str = "std", paused: bool = False) -> None:
         self.dir = workdir
         self.vnc_socket = workdir / "vnc.sock"
         self.qmp_socket = workdir / "qmp.sock"
@@ -44,6 +44,7 @@ class FirmwareVnc:
             "qemu-system-x86_64", "-nodefaults", "-no-user-config", "-machine", "q35", "-accel", "tcg",
             "-m", "64", "-vga", vga, "-display", "none", "-vnc", vnc,
             "-qmp", f"unix:{self.qmp_socket},server=on,wait=off", "-daemonize", "-pidfile", str(self.pidfile),
+            *(["-S"] if paused else []),
         ], check=True, timeout=60)  # fmt: skip
         self.pid = int(self.pidfile.read_text())
 
