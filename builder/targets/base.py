@@ -114,6 +114,11 @@ class Target(abc.ABC):
     def unstage(self, staged: Staged) -> None:
         """Remove a staged artifact (e.g. a seed ISO holding a private host key)."""
 
+    def staged_copy(self, path: Path, kind: ArtifactKind, *, label: str) -> Staged | None:
+        """The copy of *path* this target already holds (what ``stage`` would reuse), or None. Never
+        transfers anything: a re-run that reuses a VM finds the seed an interrupted run left staged."""
+        return None
+
     # --- lifecycle -------------------------------------------------------------------------
     @abc.abstractmethod
     def create_vm(self, spec: VMSpec, *, progress: Progress = NullProgress()) -> VM: ...
@@ -154,7 +159,8 @@ class Target(abc.ABC):
 
     @abc.abstractmethod
     def destroy(self, vm: VM) -> None:
-        """Stop if running and remove the VM and its disks."""
+        """Stop if running and remove the VM, its disks and its staged seed ISOs (they hold its private
+        host key)."""
 
     # --- media -----------------------------------------------------------------------------
     @abc.abstractmethod
