@@ -92,7 +92,7 @@ def test_a_resolution_change_during_the_read_is_followed(tmp_path: Path) -> None
 
         stream = server.connect()
         try:
-            fb = capture(HeldRequest(stream, run_firmware), None, timeout=60)
+            fb = capture(HeldRequest(stream, run_firmware), None, timeout=300)  # the firmware runs inside it
         finally:
             stream.sock.close()
         assert (fb.width, fb.height) == (720, 400)

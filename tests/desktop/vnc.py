@@ -65,7 +65,7 @@ class FirmwareVnc:
             qmp.execute("screendump", {"filename": str(dest), "format": "png"}, timeout=30)
         return dest.read_bytes()
 
-    def wait_for_text(self, dest: Path, timeout: float = 30.0) -> None:
+    def wait_for_text(self, dest: Path, timeout: float = 120.0) -> None:
         """Until the firmware has its text screen up (VGA text mode, 720x400) and has written on it. (Before,
         QEMU shows its own 640x480 notice that the guest has not initialised the display yet.)"""
         from builder.verify.pngcheck import inspect_png
