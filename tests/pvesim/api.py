@@ -283,7 +283,11 @@ class PveApi:
         return out
 
     def _content_entry(self, vol: Volume) -> dict[str, Any]:
-        entry: dict[str, Any] = {"volid": vol.volid, "format": vol.format, "size": vol.size, "ctime": vol.ctime,
+        # pve-storage src/PVE/Storage/Plugin.pm: list_volumes lists images through list_images (file_size_info:
+        # the virtual size), and every other content type (iso, vztmpl, backup, snippets, import) through
+        # $get_subdir_files with `$info->{size} = $st->size`: the file's size on disk, also for a qcow2 in import.
+        size = vol.size if vol.content in ("images", "rootdir") else vol.path.stat().st_size
+        entry: dict[str, Any] = {"volid": vol.volid, "format": vol.format, "size": size, "ctime": vol.ctime,
                                  "content": vol.content}
         if vol.vmid is not None:
             entry["vmid"] = vol.vmid
@@ -322,6 +326,8 @@ class PveApi:
         vol = self._volume(volid)
         if vol is None:
             raise die(f"volume '{volid}' does not exist")
+        # pve-storage src/PVE/API2/Storage/Content.pm 'info': volume_size_info -> file_size_info with the
+        # volume's format, so a qcow2 (images or import) shows its virtual size here, unlike in the listing.
         return {"path": str(vol.path), "size": vol.size, "used": vol.path.stat().st_size, "format": vol.format}
 
     @route("DELETE", "/nodes/{node}/storage/{storage}/content/{volume}")

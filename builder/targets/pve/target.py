@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from builder import qcow2
 from builder.cachedir import cached_sha256
 from builder.errors import ImgbuildError, InvalidInput
 from builder.progress import NullProgress, Progress
@@ -26,7 +27,7 @@ from builder.targets.local.agent import usable_addresses
 from builder.targets.pve import vmconfig
 from builder.targets.pve.client import PveClient, PveError, volume_path
 from builder.targets.pve.jump import JumpHost
-from builder.targets.pve.upload import Uploader, reported_size, upload_name
+from builder.targets.pve.upload import Uploader, upload_name
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +100,12 @@ class PveTarget(Target):
         if not path.is_file():
             raise ImgbuildError(f"cannot upload {path}: no such file")
         storage, content, suffix = self._storage_for(kind)
-        if kind == "image" and path.suffix != ".qcow2":
+        if kind == "image" and (path.suffix != ".qcow2" or qcow2.virtual_size(path) is None):
             raise ImgbuildError(f"{path}: golden images are uploaded as qcow2 files")
         size = path.stat().st_size
         progress.step(f"hashing {path.name}")
         digest = cached_sha256(path)
-        listed_size = reported_size(path, content)
-        good, bad = self.uploader.find_existing(storage, content, digest, suffix, listed_size)
+        good, bad = self.uploader.find_existing(storage, content, digest, suffix, size)
         if good is not None:
             progress.step(f"{good} already on {self.name}: not uploading")
             return Staged(kind, good, digest, size, uploaded=False)
