@@ -19,7 +19,7 @@ import yaml
 from builder.proc import run
 from builder.targets.pve.connect import open_pve_target
 from builder.targets.pve.target import PveTarget
-from tests.pvesim.fixtures import pve_sim, pve_sim_factory
+from tests.pvesim.fixtures import pve_sim, pve_sim_factory, pve_version
 from tests.pvesim.simulator import PveSimulator
 
 REPO = Path(__file__).resolve().parents[2]

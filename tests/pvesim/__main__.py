@@ -18,6 +18,7 @@ import sys
 import threading
 from pathlib import Path
 
+from tests.pvesim.schema import DEFAULT_VERSION, SUPPORTED_VERSIONS
 from tests.pvesim.simulator import DEFAULT_TOKEN, PveSimulator
 
 
@@ -29,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="USER@REALM!TOKENID=SECRET (default: $PVESIM_TOKEN)")
     parser.add_argument("--data-dir", type=Path, help="where storages live (default: a temporary directory)")
     parser.add_argument("--node", default="pve")
+    parser.add_argument("--pve-version", choices=SUPPORTED_VERSIONS, default=DEFAULT_VERSION,
+                        help="the PVE API schema to enforce (and version to report)")
     parser.add_argument("--backend", choices=("fake", "qemu"), default="fake")
     parser.add_argument("--task-duration", type=float, default=0.05, help="seconds every task takes at least")
     parser.add_argument("--auth-delay", type=float, default=0.2, help="delay before a 401 answer")
@@ -41,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
 
         backend = QemuBackend()  # its own short temporary directory: unix socket paths stay short
     try:
-        sim = PveSimulator(token=args.token, node=args.node, host=args.host, port=args.port, data_dir=args.data_dir,
+        sim = PveSimulator(token=args.token, version=args.pve_version, node=args.node, host=args.host, port=args.port,
+                           data_dir=args.data_dir,
                            backend=backend, task_duration=args.task_duration, auth_delay=args.auth_delay)
     except ValueError as exc:
         parser.error(str(exc))

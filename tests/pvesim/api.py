@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.pvesim import formats
-from tests.pvesim.backends import AgentUnavailable, DiskFile, VMBackend, set_net_format
+from tests.pvesim.backends import AgentUnavailable, DiskFile, VMBackend
 from tests.pvesim.faults import FaultInjector
 from tests.pvesim.formats import FormatError, format_size, parse_size, parse_volume_id
 from tests.pvesim.schema import ApiSchema, parse_property_string, perl_str, print_property_string
@@ -80,10 +80,11 @@ Handler = Callable[[dict[str, Any], str], Any]
 
 class PveApi:
     def __init__(
-        self, *, node: str, schema: ApiSchema, storages: Storages, tasks: TaskManager, backend: VMBackend,
+        self, *, node: str, pve_version: str, schema: ApiSchema, storages: Storages, tasks: TaskManager, backend: VMBackend,
         faults: FaultInjector, lock: threading.RLock, bridges: tuple[str, ...] = ("vmbr0",),
     ) -> None:
         self.node = node
+        self.pve_version = pve_version
         self.schema = schema
         self.storages = storages
         self.tasks = tasks
@@ -93,8 +94,6 @@ class PveApi:
         self.bridges = set(bridges)
         self.vms: dict[int, VM] = {}
         self.create_props = schema.find("POST", "/nodes/{node}/qemu").properties
-        _AGENT_FMT.update(self.create_props["agent"]["format"])
-        set_net_format(self.create_props["net0"]["format"])
         self.routes: dict[tuple[str, str], Handler] = {}
         for name in dir(self):
             fn = getattr(self, name)
@@ -213,7 +212,13 @@ class PveApi:
 
     @route("GET", "/version")
     def version(self, p: dict[str, Any], user: str) -> Any:
-        return {"release": "8.4", "repoid": "2a5fa54a8503f96d", "version": "8.4.1"}
+        # pve-manager PVE/API2/Version.pm: version (pve-manager's), release (major.minor), repoid
+        release = ".".join(self.pve_version.split(".")[:2])
+        repoid = hashlib.sha1(self.pve_version.encode()).hexdigest()[:16]
+        return {"release": release, "repoid": repoid, "version": self.pve_version}
+
+    def has_route(self, method: str, template: str) -> bool:
+        return (method, template) in self.routes
 
     @route("GET", "/nodes")
     def nodes(self, p: dict[str, Any], user: str) -> Any:
@@ -1053,10 +1058,9 @@ class PveApi:
         return self._task("qmdestroy", str(vm.vmid), user, work, vm.vmid, on_error=undo)
 
     # --- guest agent --------------------------------------------------------------------------------
-    @staticmethod
-    def _agent_enabled(value: str) -> bool:
+    def _agent_enabled(self, value: str) -> bool:
         try:
-            parsed = parse_property_string(formats_agent(), value)
+            parsed = parse_property_string(self.create_props["agent"]["format"], value)
         except FormatError:
             return False
         return parsed.get("enabled") == "1"
@@ -1098,13 +1102,6 @@ class PveApi:
         return {"result": {}}
 
 
-_AGENT_FMT: dict[str, Any] = {}
-
-
-def formats_agent() -> dict[str, Any]:
-    return _AGENT_FMT
-
-
 def normalize_content_filename(name: str) -> str:
     """``PVE::Storage::normalize_content_filename``."""
     name = name.rstrip("\n")
@@ -1118,3 +1115,8 @@ def hash_file(algo: str, path: Path) -> str:
         while chunk := fh.read(4 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def served_routes() -> set[tuple[str, str]]:
+    """(method, path template) of every API method the simulator implements."""
+    return {fn.route for fn in vars(PveApi).values() if callable(fn) and getattr(fn, "route", None)}

@@ -39,6 +39,11 @@ NUMBERED = {
     "numa": 8,
     "parallel": 3,
     "virtiofs": 10,
+    # numbered options of methods the simulator does not serve (so only their names must parse):
+    "mp": 256,  # pve-container PVE/LXC/Config.pm $MAX_MOUNT_POINTS
+    "dev": 256,  # pve-container PVE/LXC/Config.pm $MAX_DEVICES
+    "link": 8,  # pve-cluster PVE/Corosync.pm $MAX_LINK_INDEX = 7 (link0..link7)
+    "acmedomain": 5,  # pve-manager PVE/NodeConfig.pm $MAXDOMAINS
 }
 
 
@@ -455,7 +460,7 @@ HASH_FORMATS: dict[str, dict[str, dict[str, Any]]] = {
     "pve-qm-watchdog": WATCHDOG_FMT,
     "pve-qm-rng": RNG_FMT,
     "pve-qm-smbios1": SMBIOS1_FMT,
-    # "pve-qm-ide" is the ide[n] drive format; schema.py fills it in from the schema file.
+    # "pve-qm-ide" (the cdrom option) is the ide[n] drive format: schema.py inlines each version's own.
 }
 
 HASH_VALIDATORS: dict[str, Callable[[dict[str, Any]], None]] = {
@@ -464,7 +469,7 @@ HASH_VALIDATORS: dict[str, Callable[[dict[str, Any]], None]] = {
 
 # Formats the schema names but this simulator does not model (passthrough hardware, SEV): a
 # request using them is rejected and recorded, so a client depending on them is noticed.
-NOT_SIMULATED = {"pve-qm-hostpci", "pve-qemu-sev-fmt"}
+NOT_SIMULATED = {"pve-qm-hostpci", "pve-qemu-sev-fmt", "pve-qemu-tdx-fmt"}
 
 
 def split_list(text: str) -> list[str]:

@@ -317,10 +317,10 @@ class Handler(BaseHTTPRequestHandler):
     def _api(self, method: str, rel: str, params: dict[str, Any], user: str, tmpfile: Path | None = None) -> None:
         sim = self.sim
         match = sim.schema.match(method, rel)
-        if match is None:
+        if match is None or not sim.api.has_route(method, match[0].path):
             msg = f"Method '{method} {rel}' not implemented"
-            known = sim.schema.exists_in_pve(method, rel)
-            why = "not simulated by pvesim (PVE 8.4 has it)" if known else "not a PVE 8.4 API method"
+            version = sim.schema.version
+            why = f"not simulated by pvesim (PVE {version} has it)" if match else f"not a PVE {version} API method"
             sim.record_rejection("not-implemented", method, rel, params, {"_": f"{msg}: {why}"})
             return self._send(501, msg, {"data": None})
         endpoint, path_params = match

@@ -30,12 +30,13 @@ from typing import Any
 from tests.pvesim.api import PveApi
 from tests.pvesim.backends import FakeBackend, VMBackend
 from tests.pvesim.faults import FaultInjector
-from tests.pvesim.schema import ApiSchema
+from tests.pvesim.schema import DEFAULT_VERSION, ApiSchema
 from tests.pvesim.server import LoggedRequest, SimHTTPServer, Token
 from tests.pvesim.storage import Storages
 from tests.pvesim.tasks import TaskManager
 from tests.pvesim.tls import make_node_cert
 
+FULL_VERSIONS = {"8.4": "8.4.1", "9.1": "9.1.1"}
 DEFAULT_TOKEN = "root@pam!imgbuild=5ec4e7c2-9a3e-4a8e-b6a4-3f0d1c2b7a91"
 # Rejections that do not fail a test: a probe whose 400 answer is the information asked for
 # (GET /cluster/nextid?vmid=N for a vmid in use).
@@ -69,6 +70,8 @@ class PveSimulator:
         self,
         *,
         token: str = DEFAULT_TOKEN,
+        version: str = DEFAULT_VERSION,
+        pve_version: str | None = None,
         node: str = "pve",
         host: str = "127.0.0.1",
         port: int = 0,
@@ -91,11 +94,14 @@ class PveSimulator:
         self.auth_delay = auth_delay
         self.backend: VMBackend = backend or FakeBackend()
         self.lock = threading.RLock()
-        self.schema = ApiSchema()
+        self.version = version  # the API schema enforced: "9.1" or "8.4"
+        self.schema = ApiSchema.load(version)
+        # what /version reports (an older release can be claimed to test refusals; the schema stays)
+        self.pve_version = pve_version or FULL_VERSIONS[version]
         self.faults = FaultInjector()
         self.storages = Storages(self.data_dir / "storage", import_content=import_content)
         self.tasks = TaskManager(node, task_duration, self.lock)
-        self.api = PveApi(node=node, schema=self.schema, storages=self.storages, tasks=self.tasks,
+        self.api = PveApi(node=node, pve_version=self.pve_version, schema=self.schema, storages=self.storages, tasks=self.tasks,
                           backend=self.backend, faults=self.faults, lock=self.lock, bridges=bridges)
         self._log_lock = threading.Lock()
         self.requests: list[LoggedRequest] = []
@@ -164,7 +170,7 @@ class PveSimulator:
     def info(self) -> dict[str, Any]:
         """What a client needs (the subprocess prints this as its one JSON line; no secret in it)."""
         return {"url": self.url, "api_url": self.api_url, "host": self.host, "port": self.port,
-                "node": self.node, "fingerprint": self.fingerprint, "ca_file": str(self.ca_file),
+                "node": self.node, "version": self.pve_version, "fingerprint": self.fingerprint, "ca_file": str(self.ca_file),
                 "token_id": self.token.full_id, "data_dir": str(self.data_dir),
                 "storages": {"iso": "local", "import": "local", "disk": "local-lvm"}}
 

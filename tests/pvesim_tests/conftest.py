@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.pvesim.fixtures import pve_sim, pve_sim_factory
+from tests.pvesim.fixtures import pve_sim, pve_sim_factory, pve_version
 from tests.pvesim.simulator import PveSimulator
 
 
