@@ -12,6 +12,7 @@ from builder.errors import ImgbuildError
 from builder.proc import run
 from builder.progress import NullProgress
 from builder.targets.pve.connect import target_from_config
+from builder.targets.pve.upload import Uploader
 from tests.pve.conftest import uploads_in
 from tests.pve.test_client import config_for
 from tests.pvesim.simulator import PveSimulator
@@ -51,7 +52,7 @@ def test_golden_image_goes_to_import_content_once(target, pve_sim: PveSimulator,
     assert staged.ref.startswith("local:import/web-server-golden-image-") and staged.ref.endswith(".qcow2")
     # pve-storage lists an import qcow2 with its bytes on disk, not its 1 GiB virtual size: the re-run must
     # trust that listing (it once compared the virtual size, deleted the upload and sent it again every run)
-    [listed] = [e for e in target.uploader.listing("local", "import") if e["volid"] == staged.ref]
+    [listed] = [e for e in Uploader(target.client, "pve").listing("local", "import") if e["volid"] == staged.ref]
     assert listed["size"] == small_qcow2.stat().st_size != 1 << 30
     again = target.stage(small_qcow2, "image", label="web-server golden image")
     assert not again.uploaded and again.ref == staged.ref

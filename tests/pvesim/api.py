@@ -27,7 +27,7 @@ from tests.pvesim.errors import ApiError, ParamError, die
 from tests.pvesim.faults import FaultInjector
 from tests.pvesim.formats import FormatError, format_size, parse_size, parse_volume_id
 from tests.pvesim.schema import ApiSchema, parse_property_string, perl_str, print_property_string
-from tests.pvesim.sdn import Sdn
+from tests.pvesim.sdn import Sdn, SdnApi
 from tests.pvesim.storage import StorageDef, Storages, Volume
 from tests.pvesim.tasks import Task, TaskBehaviour, TaskFailed, TaskManager
 from tests.pvesim.tls import NodeCert
@@ -99,11 +99,12 @@ class PveApi:
         self.vms: dict[int, VM] = {}
         self.create_props = schema.find("POST", "/nodes/{node}/qemu").properties
         self.routes: dict[tuple[str, str], Handler] = {}
-        for name in dir(self):
-            fn = getattr(self, name)
-            route = getattr(fn, "route", None)
-            if route:
-                self.routes[route] = fn
+        for handlers in (self, SdnApi(sdn, self)):
+            for name in dir(handlers):
+                fn = getattr(handlers, name)
+                route = getattr(fn, "route", None)
+                if route:
+                    self.routes[route] = fn
 
     # --- helpers ------------------------------------------------------------------------------
     @property
@@ -274,6 +275,14 @@ class PveApi:
         return spec.mem + sum(self._maxmem(vm) for vm in self.vms.values()
                               if vm.node == node and self.backend.is_running(vm.vmid))
 
+    def node_cpu(self, node: str) -> float:
+        """The node's CPU load: its own, plus (a simulation assumption, not PVE's) half the vCPUs of each
+        running VM kept busy."""
+        spec = self.nodes[node]
+        busy = sum(int(vm.config.get("cores", "1")) * int(vm.config.get("sockets", "1")) for vm in self.vms.values()
+                   if vm.node == node and self.backend.is_running(vm.vmid))
+        return min(1.0, spec.cpu + 0.5 * busy / spec.maxcpu)
+
     def _node_stats(self, node: str, user: str) -> dict[str, Any]:
         # pve-manager PVE/API2Tools.pm extract_node_stats: status from the cluster membership; the
         # figures only with Sys.Audit on /nodes/<node> (PVE/API2/Nodes.pm index, Cluster.pm resources)
@@ -283,7 +292,8 @@ class PveApi:
         if self.access.has(user, f"/nodes/{node}", ["Sys.Audit"]):
             entry.update({"maxcpu": spec.maxcpu, "maxmem": spec.maxmem, "maxdisk": 100 << 30})
             if spec.online:
-                entry.update({"cpu": spec.cpu, "mem": self.node_mem(node), "disk": 10 << 30, "uptime": 3600})
+                entry.update({"cpu": round(self.node_cpu(node), 4), "mem": self.node_mem(node), "disk": 10 << 30,
+                              "uptime": 3600})
         return entry
 
     @route("GET", "/nodes")
@@ -1436,4 +1446,5 @@ def hash_file(algo: str, path: Path) -> str:
 
 def served_routes() -> set[tuple[str, str]]:
     """(method, path template) of every API method the simulator implements."""
-    return {fn.route for fn in vars(PveApi).values() if callable(fn) and getattr(fn, "route", None)}
+    return {fn.route for cls in (PveApi, SdnApi) for fn in vars(cls).values()
+            if callable(fn) and getattr(fn, "route", None)}

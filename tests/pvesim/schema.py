@@ -436,6 +436,21 @@ class ApiSchema:
         return None
 
     @staticmethod
+    def normalize(endpoint: Endpoint, params: dict[str, Any]) -> None:
+        """pve-common src/PVE/RESTHandler.pm $normalize_legacy_param_formats (before validation): a single
+        form value of an array parameter becomes a one-element array (repeated form keys arrive joined by
+        NUL: each is an element); an array given for a ``-list`` string is joined with commas."""
+        for key, value in list(params.items()):
+            schema = endpoint.properties.get(key)
+            if not schema or value in (None, ""):
+                continue
+            fmt = schema.get("format") if isinstance(schema.get("format"), str) else ""
+            if isinstance(value, list) and schema.get("type") == "string" and str(fmt).endswith("-list"):
+                params[key] = ",".join(map(str, value))
+            elif not isinstance(value, list) and schema.get("type") == "array":
+                params[key] = str(value).split("\0") if isinstance(value, str) else [value]
+
+    @staticmethod
     def validate(endpoint: Endpoint, params: dict[str, Any]) -> dict[str, str]:
         errors: dict[str, str] = {}
         check_prop(params, endpoint.parameters, "", errors)

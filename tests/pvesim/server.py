@@ -341,6 +341,7 @@ class Handler(BaseHTTPRequestHandler):
             elif exc.status == 595:  # a node that is down: a client should not have chosen it
                 sim.record_rejection("route", method, rel, params, {"_": exc.message})
             return self._send(exc.status, exc.message, {"data": None})
+        sim.schema.normalize(endpoint, params)
         errors = sim.schema.validate(endpoint, params)
         if errors:
             sim.record_rejection("schema", method, rel, params, errors)
