@@ -14,16 +14,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from builder.errors import CommandFailed, ImgbuildError
+from builder.secrets.redact import redact as redact_known
 
 log = logging.getLogger(__name__)
 
 
 def quote(cmd: Sequence[str | Path], redact: Sequence[str] = ()) -> str:
-    text = shlex.join(str(c) for c in cmd)
+    return _hide(shlex.join(str(c) for c in cmd), redact)
+
+
+def _hide(text: str, redact: Sequence[str]) -> str:
+    """*text* without *redact* and without any secret the process knows (builder.secrets.redact)."""
     for secret in redact:
         if secret:
             text = text.replace(secret, "***")
-    return text
+    return redact_known(text)
 
 
 def require_tool(name: str, package: str) -> str:
@@ -67,10 +72,7 @@ def run(
         tail = b""
         if capture:
             tail = (proc.stderr or b"")[-2000:] or (proc.stdout or b"")[-2000:]
-        detail = tail.decode("utf-8", "replace")
-        for secret in redact:
-            if secret:
-                detail = detail.replace(secret, "***")
+        detail = _hide(tail.decode("utf-8", "replace"), redact)
         raise CommandFailed(
             f"command failed with exit status {proc.returncode}: {quote(argv, redact)}", detail=detail.rstrip()
         )

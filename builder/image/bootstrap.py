@@ -14,6 +14,7 @@ from builder.fsutil import exclusive_lock
 from builder.image.spec import ImageSpec, package_set, variant
 from builder.proc import quote, require_tool
 from builder.progress import NullProgress, Progress
+from builder.secrets.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def run_streaming(argv: list[str], *, label: str, progress: Progress, tail_lines
     assert proc.stdout is not None
     try:
         for line in proc.stdout:
-            line = line.rstrip()
+            line = redact(line.rstrip())  # apt prints its proxy URL, credentials included
             if not line:
                 continue
             tail.append(line)

@@ -26,6 +26,7 @@ from builder.image import bootstrap as _bootstrap
 from builder.image.bootconfig import BootInfo
 from builder.image.configure import configure_rootfs, kernel_version
 from builder.image.disk import assemble_disk, layout_for
+from builder.image.manifest import Manifest, manifest_of_root, manifest_path, read_manifest, recover_manifest, write_manifest
 from builder.image.spec import ImageSpec, package_set, variant
 from builder.proc import require_tool, run
 from builder.progress import NullProgress, Progress
@@ -38,6 +39,7 @@ class GoldenImage:
     path: Path  # the qcow2
     key: str  # content key of the spec (+ builder version)
     cached: bool  # True when an earlier build was reused
+    manifest: Manifest | None = None  # its installed packages (None: unreadable, see package_manifest)
 
 
 def image_key(spec: ImageSpec) -> str:
@@ -66,18 +68,39 @@ def build_golden_image(spec: ImageSpec, *, refresh: bool = False,
     final = image_path(spec)
     if final.exists() and not refresh:
         progress.step(f"image: reusing {final.name}")
-        return GoldenImage(final, key, cached=True)
+        return GoldenImage(final, key, cached=True, manifest=package_manifest(spec, final, progress))
     _require_build_environment(spec)
     with exclusive_lock(lock_path(final)):
         if final.exists() and not refresh:  # another process finished it while we waited
-            return GoldenImage(final, key, cached=True)
+            return GoldenImage(final, key, cached=True, manifest=package_manifest(spec, final, progress))
         _remove_stale_builds(final)
         work = Path(tempfile.mkdtemp(prefix=f".build-{final.stem}-", dir=final.parent))
         try:
-            _build(spec, key, work, final, progress)
+            manifest = _build(spec, key, work, final, progress)
         finally:
             remove_tree(work)
-    return GoldenImage(final, key, cached=False)
+    return GoldenImage(final, key, cached=False, manifest=manifest)
+
+
+def package_manifest(spec: ImageSpec, image: Path, progress: Progress = NullProgress()) -> Manifest | None:
+    """The package manifest beside the cached *image*; an image cached before imgbuild wrote manifests gets
+    one read out of its disk (once, a few seconds, no boot). None, with a warning, when that fails too."""
+    manifest = read_manifest(image)
+    if manifest is not None:
+        return manifest
+    progress.step(f"image: {image.name} has no package manifest (cached before imgbuild wrote them); "
+                  "reading its dpkg database from the disk")
+    try:
+        with exclusive_lock(lock_path(image)):  # a crashed reader's work directory is a stale build's
+            work = Path(tempfile.mkdtemp(prefix=f".build-{image.stem}-", dir=image.parent))
+            try:
+                return recover_manifest(image, image_key=image_key(spec), release=spec.release,
+                                        requested=package_set(spec), workdir=work)
+            finally:
+                remove_tree(work)
+    except ImgbuildError as exc:
+        progress.note(f"warning: no package manifest for {image.name}: {exc.message}")
+        return None
 
 
 def _require_build_environment(spec: ImageSpec) -> None:
@@ -97,13 +120,14 @@ def _require_build_environment(spec: ImageSpec) -> None:
         require_tool("mcopy", "mtools")
 
 
-def _build(spec: ImageSpec, key: str, work: Path, final: Path, progress: Progress) -> None:
+def _build(spec: ImageSpec, key: str, work: Path, final: Path, progress: Progress) -> Manifest:
     timings: dict[str, float] = {}
     root = work / "root"
 
     t = time.monotonic()
     progress.step(f"image: bootstrapping {spec.release} ({variant(spec)} + {len(package_set(spec))} packages)")
     _bootstrap.bootstrap(spec, root, progress=progress)
+    packages = manifest_of_root(root, image_key=key, release=spec.release, requested=package_set(spec))
     timings["bootstrap"] = time.monotonic() - t
 
     t = time.monotonic()
@@ -143,8 +167,15 @@ def _build(spec: ImageSpec, key: str, work: Path, final: Path, progress: Progres
     }
     write_atomic(final.with_suffix(".json"), json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     os.chmod(qcow, 0o444)  # a golden image is only ever a backing file
-    os.replace(qcow, final)  # last: the qcow2 under its final name means the build finished
-    progress.note(f"image: built {final.name} ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})")
+    # The package manifest follows the image it describes: the old one goes first, the new one is written
+    # after the rename, so a crash in between leaves an image without a manifest (recovered from its disk
+    # on next use), never a manifest of other packages.
+    manifest_path(final).unlink(missing_ok=True)
+    os.replace(qcow, final)  # the qcow2 under its final name means the build finished
+    write_manifest(final, packages)
+    progress.note(f"image: built {final.name} ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())}; "
+                  f"{len(packages.packages)} packages)")
+    return packages
 
 
 def image_manifest(image: GoldenImage) -> dict:

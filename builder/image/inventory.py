@@ -15,6 +15,7 @@ from typing import Any
 
 from builder.cachedir import cache_dir, cache_root
 from builder.image.build import lock_path
+from builder.image.manifest import manifest_path
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ def remove_image(image: CachedImage) -> bool:
             return False
         image.path.unlink(missing_ok=True)  # first: without the qcow2 nothing trusts the manifest
         image.path.with_suffix(".json").unlink(missing_ok=True)
+        manifest_path(image.path).unlink(missing_ok=True)
         return True  # the empty lock file stays: a build waiting on it must lock the same file
     finally:
         os.close(fd)

@@ -16,8 +16,10 @@ from builder.cachedir import cached_sha256, content_key, sha256_file
 from builder.errors import CheckFailed, GuestCrashed, ImgbuildError
 from builder.fsutil import write_atomic
 from builder.image.build import GoldenImage, build_golden_image
+from builder.image.manifest import manifest_path
 from builder.iso.installer import build_recipe_isos, read_seed_files
 from builder.iso.seed import build_seed_iso, content_epoch
+from builder.outdir import recipe_lock
 from builder.pipeline import specs
 from builder.pipeline.report import Report
 from builder.pipeline.stages import Stages
@@ -64,7 +66,7 @@ def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
     def leave(ok: bool) -> None:
         settle(target, vm, built, created=created, ok=ok, options=options, report=report, progress=progress)
 
-    with reported(report, out_dir / "report.json", leave):
+    with recipe_lock(out_root, recipe.name, f"make {recipe.name}"), reported(report, out_dir / "report.json", leave):
         with stages.stage("check"):  # fail in seconds (privileges, node, storages, network), not after an upload
             target.preflight(specs.vm_spec(recipe, disk_source=None, cdroms=()),
                              media=("image", "iso") if method == "image" else ("iso",),
@@ -88,6 +90,12 @@ def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
                 record.detail = "up to date: the VM was built from these exact inputs; verifying it again"
                 progress.note(f"{recipe.name} is up to date on {target.name} (use --rebuild for a new VM)")
                 report.vm = {"name": vm.name, "target": vm.target, "id": vm.ident, "reused": True}
+                # Its seed still staged: a run ended (killed) before verifying it. Finish that run's work: after
+                # verification the seed is detached and removed; after a failure the VM goes like a new one.
+                seed = target.staged_copy(built.seed, "iso", label=f"{recipe.name}-seed")
+                if seed is not None:
+                    built.staged["seed"] = seed
+                    created = True
         else:
             with stages.stage("stage"):
                 stage_media(target, built, report, progress)
@@ -177,7 +185,10 @@ def build_artifacts(recipe: Recipe, rendered: Rendered, target: Target, method: 
 def prepare_image(recipe: Recipe, report: Report, progress: Progress, *, refresh: bool = False) -> GoldenImage:
     golden = build_golden_image(specs.image_spec(recipe), refresh=refresh, progress=progress)
     report.cache["image"] = {"path": str(golden.path), "key": golden.key, "reused": golden.cached,
-                             "sha256": cached_sha256(golden.path)}
+                             "sha256": cached_sha256(golden.path),
+                             # the installed packages, beside the image (builder/image/manifest.py)
+                             "manifest": str(manifest_path(golden.path)) if golden.manifest else None,
+                             "packages": len(golden.manifest.packages) if golden.manifest else None}
     progress.note(f"golden image {'reused' if golden.cached else 'built'}: {golden.path}")
     return golden
 
@@ -290,11 +301,9 @@ def access_info(recipe: Recipe, rendered: Rendered, target: Target, vm: VM, addr
 def forget_seed(target: Target, vm: VM, built: Built, progress: Progress) -> None:
     """The seed ISO holds the guest's private host key: once verified, detach it and remove it from the target."""
     seed = built.staged.get("seed")
-    if seed is None:
-        return
-    slot = 1 if "installer" in built.staged else 0
-    target.set_cdrom(vm, slot, None)
-    target.unstage(seed)
+    target.set_cdrom(vm, 1 if built.installer is not None else 0, None)  # also a seed no longer staged
+    if seed is not None:
+        target.unstage(seed)
     progress.step("seed ISO detached and removed from the target")
 
 

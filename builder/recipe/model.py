@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from builder.recipe.sizes import parse_size
-from builder.recipe.tasks import DESKTOP_TASKS, display_manager, task_packages
+from builder.recipe.tasks import DESKTOP_TASKS, Session, desktop_session, display_manager, task_packages
 
 ALWAYS_PACKAGES = ("qemu-guest-agent", "cloud-init", "openssh-server")
 
@@ -95,6 +95,12 @@ class VMHardware:
 
 
 @dataclass(frozen=True)
+class Desktop:
+    autologin: str | None  # user whose session starts at boot (lightdm autologin), None: the greeter waits
+    session: Session | None  # the X session autologin starts and the check proves (None: no autologin)
+
+
+@dataclass(frozen=True)
 class Install:
     method: Literal["image", "installer"]
     base_iso: str | None
@@ -137,6 +143,7 @@ class Recipe:
     network: Network
     tasks: tuple[str, ...]
     packages: tuple[str, ...]
+    desktop: Desktop
     disk: Disk
     vm: VMHardware
     install: Install
@@ -151,10 +158,6 @@ class Recipe:
     @property
     def admin(self) -> User:
         return self.users[0]
-
-    @property
-    def desktop(self) -> bool:
-        return bool(DESKTOP_TASKS.intersection(self.tasks))
 
     @property
     def display_manager(self) -> str:
@@ -205,6 +208,7 @@ def build_recipe(data: dict[str, Any], source: Path) -> Recipe:
         item = {k: c[k] for k in ("check", "port", "path", "expect", "status", "name", "timeout") if k in c}
         checks.append(Check(**item))
     name = data["name"]
+    autologin = data["desktop"]["autologin"]
     return Recipe(
         name=name,
         description=data["description"],
@@ -228,6 +232,7 @@ def build_recipe(data: dict[str, Any], source: Path) -> Recipe:
         ),
         tasks=tuple(data["tasks"]),
         packages=tuple(data["packages"]),
+        desktop=Desktop(autologin=autologin, session=desktop_session(data["tasks"]) if autologin else None),
         disk=Disk(size_bytes=parse_size(data["disk"]["size"], bare_unit="G"), bus=data["disk"]["bus"],
                   cache=data["disk"]["cache"], partitioning=data["disk"]["partitioning"], lvm=data["disk"]["lvm"]),
         vm=VMHardware(cores=data["vm"]["cores"], memory_mib=parse_size(data["vm"]["memory"], bare_unit="M") >> 20,

@@ -91,6 +91,9 @@ class VM:
     target: str
     ident: str  # local: the VM directory; pve: vmid
     data: dict = field(default_factory=dict)
+    # Why imgbuild cannot use this VM's record (e.g. a corrupt state file), or "". A broken VM shows as
+    # such in ``status``; ``destroy`` still removes it; everything else refuses it with this reason.
+    broken: str = ""
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,11 @@ class Target(abc.ABC):
     @abc.abstractmethod
     def unstage(self, staged: Staged) -> None:
         """Remove a staged artifact (e.g. a seed ISO holding a private host key)."""
+
+    def staged_copy(self, path: Path, kind: ArtifactKind, *, label: str) -> Staged | None:
+        """The copy of *path* this target already holds (what ``stage`` would reuse), or None. Never
+        transfers anything: a re-run that reuses a VM finds the seed an interrupted run left staged."""
+        return None
 
     # --- lifecycle -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -162,7 +170,8 @@ class Target(abc.ABC):
 
     @abc.abstractmethod
     def destroy(self, vm: VM) -> None:
-        """Stop if running and remove the VM and its disks."""
+        """Stop if running and remove the VM, its disks and its staged seed ISOs (they hold its private
+        host key)."""
 
     # --- media -----------------------------------------------------------------------------
     @abc.abstractmethod

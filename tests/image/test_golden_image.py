@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.image import GoldenImage, build_golden_image, image_manifest
+from builder.image import GoldenImage, build_golden_image, image_manifest, read_manifest
 from builder.image import bootstrap as bootstrap_mod
+from builder.image.manifest import query_admindir
 from builder.proc import run
 from tests.image.conftest import WEB_SPEC
 
@@ -69,6 +70,23 @@ def test_the_recipes_locale_is_generated_and_the_default(web_raw: Path) -> None:
     assert "LANG=en_US.UTF-8" in debugfs(web_raw, "cat /etc/locale.conf")
     assert "\nen_US.UTF-8 UTF-8\n" in debugfs(web_raw, "cat /etc/locale.gen")
     assert exists(web_raw, "/usr/lib/locale/locale-archive")
+
+
+def test_the_package_manifest_is_what_the_image_has_installed(web_image: GoldenImage, web_raw: Path,
+                                                               tmp_path: Path) -> None:
+    manifest = read_manifest(web_image.path)
+    assert manifest is not None and manifest == web_image.manifest and manifest.image_key == web_image.key
+    assert "task-web-server" in manifest.requested and manifest.release == "trixie"
+    packages = {p.name: p for p in manifest.packages}
+    kernel = image_manifest(web_image)["kernel"]
+    assert packages[f"linux-image-{kernel}"].source.startswith("linux")
+    assert packages["openssh-server"].source == "openssh" and packages["apache2"].arch == "amd64"
+    assert "grub-pc" in packages and "cloud-init" in packages
+    # The same list dpkg reads from the image's own disk.
+    status = run(["debugfs", "-R", "cat /var/lib/dpkg/status", f"{web_raw}?offset={ROOT_OFFSET}"]).stdout
+    (tmp_path / "updates").mkdir()
+    (tmp_path / "status").write_bytes(status)
+    assert manifest.packages == query_admindir(tmp_path)
 
 
 def test_no_identity_is_baked_in(web_raw: Path) -> None:

@@ -37,6 +37,7 @@ def fake_image(path: Path, spec: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     run(["qemu-img", "create", "-q", "-f", "qcow2", path, "1G"])
     path.with_suffix(".json").write_text(json.dumps({"spec": spec, "built": "2026-11-01T00:00:00Z"}))
+    path.with_suffix(".manifest.json").write_text(json.dumps({"format": 1, "packages": []}))
     return path
 
 
@@ -67,6 +68,7 @@ def test_cache_shows_users_and_prune_removes_only_unused_images(tmp_path: Path, 
     assert f"removed {old.name}" in pruned.stdout and "being built right now" in pruned.stdout
     assert web.exists() and web.with_suffix(".json").exists()
     assert not old.exists() and not old.with_suffix(".json").exists()
+    assert not old.with_suffix(".manifest.json").exists() and web.with_suffix(".manifest.json").exists()
     assert building.exists()
 
 

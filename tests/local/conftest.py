@@ -28,6 +28,6 @@ def destroy_all(target: LocalTarget) -> None:
     for vm in vms:
         with contextlib.suppress(Exception):
             target.stop(vm)
-    for vm in sorted(vms, key=lambda v: v.data.get("template_of") is None):
+    for vm in sorted(vms, key=lambda v: v.state is None or v.state.template_of is None):
         with contextlib.suppress(Exception):
             target.destroy(vm)

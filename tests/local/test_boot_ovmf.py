@@ -39,7 +39,7 @@ def test_ovmf_image_boots_with_uefi(local_target: LocalTarget, tmp_path: Path) -
     )
     vm = target.create_vm(spec)
     try:
-        assert Path(vm.data["ovmf_vars"]).is_file()
+        assert Path(vm.state.ovmf_vars).is_file()
         target.start(vm)
         assert "10.0.2.15" in target.guest_addresses(vm, timeout=600)
         ep = target.endpoint(vm, "10.0.2.15", 22)

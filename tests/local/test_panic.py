@@ -44,7 +44,7 @@ def test_local_target_reads_only_the_current_boot(tmp_path: Path) -> None:
     assert console is not None and target.console_panic(vm) is None
     console.write_bytes(PANIC_CONSOLE)
     assert target.console_panic(vm) == "Kernel panic - not syncing: Fatal exception in interrupt"
-    vm.data["console_offset"] = console.stat().st_size  # what start() records for the next boot
+    vm.state.console_offset = console.stat().st_size  # what start() records for the next boot
     assert target.console_panic(vm) is None
 
 
@@ -55,14 +55,14 @@ def test_a_panic_under_requested_multi_threaded_tcg_says_how_to_avoid_it(tmp_pat
     target = LocalTarget(tmp_path / "out")
     vm = target.create_vm(VMSpec(name="racy", disks=(DiskSpec(1 << 30),), nics=(NicSpec("52:54:00:00:00:0b"),)))
     target.console_log(vm).write_bytes(PANIC_CONSOLE)
-    vm.data.update(accel="tcg", tcg_threads="multi")
+    vm.state.accel, vm.state.tcg_threads = "tcg", "multi"
     with pytest.raises(GuestCrashed, match="kernel panicked") as raised:
-        target._raise_if_panicked(vm, vm.data)
+        target._raise_if_panicked(vm, vm.state)
     racy_qemu = tcg_threads("tcg", qemu_version())[0] == "single"  # QEMU 7.2 here: yes
     assert ("plain --accel tcg runs it single-threaded" in raised.value.detail) == racy_qemu
-    vm.data["tcg_threads"] = "single"
+    vm.state.tcg_threads = "single"
     with pytest.raises(GuestCrashed) as raised:
-        target._raise_if_panicked(vm, vm.data)
+        target._raise_if_panicked(vm, vm.state)
     assert "--accel tcg" not in raised.value.detail
 
 

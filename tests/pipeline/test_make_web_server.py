@@ -16,7 +16,7 @@ import pytest
 
 from builder.iso.seed import build_seed_iso, content_epoch
 from builder.targets.base import VM
-from builder.targets.local import LocalTarget, choose_accel
+from builder.targets.local import LocalTarget, LocalVM, choose_accel
 from builder.targets.local.qmp import QMPClient
 from tests.local.guest import png_pixels
 from tests.pipeline.conftest import check_named, qemu_processes
@@ -45,6 +45,11 @@ def test_make_ends_in_a_verified_vm(made) -> None:
     names = {a["name"] for a in report["artifacts"]}
     assert {"seed.iso", "golden-image"} <= names and all(len(a["sha256"]) == 64 for a in report["artifacts"])
     assert "ssh -i" in report["access"]["ssh"] and report["access"]["urls"][0].startswith("http://127.0.0.1:")
+    image = report["cache"]["image"]  # the package manifest is kept beside the golden image
+    manifest = json.loads(Path(image["manifest"]).read_text())
+    assert Path(image["manifest"]).parent == Path(image["path"]).parent and manifest["image_key"] == image["key"]
+    assert image["packages"] == len(manifest["packages"])
+    assert any(p["name"] == "apache2" for p in manifest["packages"])
     assert "verified on local" in result.stdout and "imgbuild destroy web-server" in result.stdout
 
 
@@ -77,11 +82,11 @@ def test_the_local_target_runs_it_as_promised(imgbuild, made) -> None:
     target = LocalTarget(imgbuild.out)
     vm = target.find_vm("web-server")
     assert vm is not None and target.is_running(vm)
-    assert vm.data["accel"] == "tcg" and vm.data["tcg_threads"] == verdict.tcg_threads
+    assert vm.state.accel == "tcg" and vm.state.tcg_threads == verdict.tcg_threads
     argv = (Path(vm.ident) / "qemu.argv").read_text()
     assert f"tcg,thread={verdict.tcg_threads}" in argv
     assert "hostfwd=tcp:127.0.0.1:" in argv and "hostfwd=tcp::" not in argv and "hostfwd=tcp:0.0.0.0" not in argv
-    assert "cache=none" in argv and "virtio-blk-pci" in argv and f"mac={vm.data['macs'][0]}" in argv
+    assert "cache=none" in argv and "virtio-blk-pci" in argv and f"mac={vm.state.macs[0]}" in argv
     ep = target.endpoint(vm, "192.168.1.250", 22)
     assert ep.host == "127.0.0.1" and f"-p {ep.port} " in made[1]["access"]["ssh"]
     assert target.console_log(vm) == imgbuild.out / "web-server" / "console.log"
@@ -139,7 +144,7 @@ def test_identity_survives_a_reboot_without_the_seed(imgbuild, made) -> None:
 
     target = LocalTarget(imgbuild.out)
     vm = target.find_vm("web-server")
-    assert vm is not None and not any(vm.data.get("cdroms", [None])), vm.data.get("cdroms")
+    assert isinstance(vm, LocalVM) and vm.state and not any(vm.state.cdroms), vm
     assert not target.is_running(vm)  # shut down by the make above
     result = imgbuild("verify", "--json", "--keep", "web-server")  # starts it again, and keeps it running
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
@@ -175,7 +180,7 @@ def test_destroy_removes_the_vm(imgbuild, made) -> None:
 
 
 def cdrom_file(vm: VM) -> str | None:
-    with QMPClient(Path(vm.data["sockdir"]) / "qmp.sock").connect() as qmp:
+    with QMPClient(Path(vm.state.sockdir) / "qmp.sock").connect() as qmp:
         for dev in qmp.execute("query-block"):
             if dev.get("qdev", "").endswith("cdrom0") or dev.get("device") == "drive-cd0":
                 inserted = dev.get("inserted")

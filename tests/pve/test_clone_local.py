@@ -18,7 +18,7 @@ from builder.errors import ImgbuildError
 from builder.image.build import build_golden_image
 from builder.pipeline import specs
 from builder.recipe import load_recipe
-from builder.targets.local import LocalTarget, derive_mac
+from builder.targets.local import LocalTarget, LocalVM, derive_mac
 from tests.pve.conftest import REPO, cli_env, imgbuild
 
 pytestmark = pytest.mark.boot
@@ -43,8 +43,8 @@ def test_template_and_linked_clone_on_the_local_target(tmp_path: Path) -> None:
         assert report["ok"] and report["method"] == "linked clone" and report["vm"]["address"] == "192.168.1.251"
         assert all(c["ok"] for c in report["checks"]) and len(report["checks"]) == 3
         clone = target.find_vm("web-2")
-        assert clone is not None and clone.data["macs"] == [derive_mac("web-2", 0)]
-        assert clone.data["template_of"] == "web-server" and clone.data["cdroms"][0] is None  # seed forgotten
+        assert isinstance(clone, LocalVM) and clone.state and clone.state.macs == [derive_mac("web-2", 0)]
+        assert clone.state.template_of == "web-server" and clone.state.cdroms[0] is None  # seed forgotten
         assert derive_mac("web-2", 0) in (out / "web-2" / "network-config").read_text()
 
         template = target.find_vm("web-server")

@@ -23,6 +23,7 @@ from tests.pvesim import formats
 from tests.pvesim.access import Access, perm_error
 from tests.pvesim.backends import AgentUnavailable, DiskFile, VMBackend
 from tests.pvesim.cluster import NodeSpec, loopback_address
+from tests.pvesim.console import VncTickets, listen_on_vnc_port, proxy_worker, vnc_password
 from tests.pvesim.errors import ApiError, ParamError, die
 from tests.pvesim.faults import FaultInjector
 from tests.pvesim.formats import FormatError, format_size, parse_size, parse_volume_id
@@ -1218,6 +1219,53 @@ class PveApi:
                 vm.started = None
 
         return self._task("qmshutdown", str(vm.vmid), user, work, vm.vmid)
+
+    # --- VMs: console (tests/pvesim/console.py; the WebSocket upgrade is tests/pvesim/websocket.py) ---------
+    cluster_ca_pem = ""  # answered as vncproxy's "cert" (PVE: /etc/pve/pve-root-ca.pem); set by the simulator
+    _vnc_tickets: VncTickets | None = None
+
+    def _console_tickets(self) -> VncTickets:
+        if self._vnc_tickets is None:
+            self._vnc_tickets = VncTickets()
+        return self._vnc_tickets
+
+    def _console_after_2026_04(self) -> bool:
+        """qemu-server commits 282ec11d and c9ee34b5 (2026-04; our 9.1 schema has them): a VNC password always,
+        the ticket prefixed with it and bound to the port."""
+        return not str(getattr(self, "pve_version", "8.4")).startswith("8.")
+
+    @route("POST", "/nodes/{node}/qemu/{vmid}/vncproxy")
+    def vncproxy(self, p: dict[str, Any], user: str) -> Any:
+        vm = self._vm(p["vmid"])
+        vga = str(vm.config.get("vga", ""))
+        if re.match(r"^(type=)?serial\d", vga):
+            raise ApiError(501, "pvesim: vncproxy to a serial terminal (vncterm) is not simulated")
+        later = self._console_after_2026_04()
+        port, listener = listen_on_vnc_port()
+        ticket = self._console_tickets().assemble(user, f"/vms/{vm.vmid}", port if later else None)
+        password = vnc_password() if later or p.get("generate-password") == "1" else None
+        vnc_secret = password or ticket  # PVE 8.4 without generate-password: the ticket is the VNC password
+        if later:
+            ticket = f"{password}:{ticket}"
+        worker = proxy_worker(listener, lambda: self.backend.vnc_display(vm.vmid, vnc_secret))
+        try:
+            upid = self._task("vncproxy", str(vm.vmid), user, worker, vm.vmid)
+        except BaseException:
+            listener.close()
+            raise
+        answer = {"user": user, "ticket": ticket, "port": port, "upid": upid, "cert": self.cluster_ca_pem}
+        if password is not None:
+            answer["password"] = password
+        return answer
+
+    @route("GET", "/nodes/{node}/qemu/{vmid}/vncwebsocket")
+    def vncwebsocket(self, p: dict[str, Any], user: str) -> Any:
+        vmid, port = int(p["vmid"]), int(p["port"])
+        bound = port if self._console_after_2026_04() else None
+        if not self._console_tickets().verify(str(p["vncticket"]), user, f"/vms/{vmid}", bound):
+            raise ApiError(401, "permission denied - invalid PVEVNC ticket")
+        self._vm(vmid)  # "VM exists?"
+        return {"port": str(port)}
 
     # --- VMs: template, clone, destroy ----------------------------------------------------------------
     @route("POST", "/nodes/{node}/qemu/{vmid}/template")

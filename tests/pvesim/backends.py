@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -63,6 +64,13 @@ class VMBackend(abc.ABC):
     def forwards(self, vmid: int) -> dict[int, int]:
         """Guest TCP port -> 127.0.0.1 port on this machine (empty when the guest is not reachable)."""
         return {}
+
+    def vnc_display(self, vmid: int, password: str) -> socket.socket:
+        """What ``qm vncproxy`` does before relaying: set the VNC password of the running VM (valid for 30 s)
+        and connect to its VNC server. Raises with qm's message when it cannot."""
+        if not self.is_running(vmid):
+            raise RuntimeError(f"VM {vmid} not running")
+        raise RuntimeError(f"pvesim: {type(self).__name__} runs no QEMU, so VM {vmid} has no VNC display")
 
     def pid(self, vmid: int) -> int | None:
         return None

@@ -27,6 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tests.pvesim import websocket
 from tests.pvesim.errors import ApiError, ParamError
 from tests.pvesim.multipart import MultipartError, MultipartUpload, parse_content_type
 
@@ -363,6 +364,8 @@ class Handler(BaseHTTPRequestHandler):
             if exc.errors:
                 payload["errors"] = exc.errors
             return self._send(exc.status, exc.message, payload)
+        if websocket.wants_upgrade(self, method, rel):  # pve-http-server: upgraded once the call allowed it
+            return websocket.upgrade(self, rel, data)
         payload = {"data": data}
         if total is not None:
             payload["total"] = total

@@ -127,6 +127,7 @@ class PveSimulator:
         self._servers: dict[str, SimHTTPServer] = {}
         self._threads: list[threading.Thread] = []
         self.cert = self.certs[self.node]
+        self.api.cluster_ca_pem = self.cert.ca_file.read_text()
 
     # --- lifecycle -----------------------------------------------------------------------------
     def start(self) -> PveSimulator:

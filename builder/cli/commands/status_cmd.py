@@ -31,17 +31,22 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         return 0
     ctx.out.table([(r["name"], r["id"], r["state"], last_job_line(r["last_job"]), r["address"] or "-")
                    for r in rows], header=("NAME", "ID", "STATE", "LAST JOB", "ADDRESS"))
+    for r in rows:
+        if r["broken"]:
+            ctx.out.text(f"{r['name']} is broken: {r['broken']}\n  remove it with: imgbuild destroy {r['name']}")
     return 0
 
 
 def vm_status(target: Target, vm: VM, out_dir: Path) -> dict[str, Any]:
-    if target.is_template(vm):
+    if vm.broken:  # its record is unusable: say so, and let the other VMs' rows stand
+        state = "broken"
+    elif target.is_template(vm):
         state = "template"
     else:
         state = "running" if target.is_running(vm) else "stopped"
     job = last_job(out_dir / vm.name / "report.json", target.name)
     return {"name": vm.name, "id": vm.ident, "target": target.name,  # a vmid on PVE, the VM's directory locally
-            "state": state, "last_job": job, "address": (job or {}).get("address")}
+            "state": state, "last_job": job, "address": (job or {}).get("address"), "broken": vm.broken or None}
 
 
 def last_job(path: Path, target: str) -> dict[str, Any] | None:

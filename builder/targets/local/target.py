@@ -4,11 +4,13 @@ A VM named N lives in ``OUT/N/``: its serial console in ``OUT/N/console.log`` an
 (disks, OVMF variables, QMP and guest-agent sockets, state.json) in ``OUT/N/vm/``. QEMU runs detached
 (``-daemonize``: its own session), so a kept VM survives imgbuild; ``find_vm`` reattaches from the
 state file. Networking is user-mode with a subnet that matches the recipe; guest ports are forwarded
-from loopback ports only.
+from loopback ports only. The same target named ``lab`` puts the NICs on taps in a lab's bridges instead
+(lab_nics.py); each VM's record says which network it has, so any command finds its way to it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -17,7 +19,7 @@ import shutil
 import signal
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from builder import qcow2
@@ -28,17 +30,27 @@ from builder.proc import require_tool, run
 from builder.progress import NullProgress, Progress
 from builder.targets.base import VM, ArtifactKind, Endpoint, GuestNetwork, Staged, Target, VMSpec
 from builder.targets.console import panic_since
-from builder.targets.local import png
+from builder.targets.local import lab_nics, png
 from builder.targets.local.accel import ACCEL_CHOICES, choose_accel, qemu_version, tcg_threads
 from builder.targets.local.agent import GuestAgent, usable_addresses
 from builder.targets.local.network import SlirpNet, free_loopback_ports, slirp_for
 from builder.targets.local.prune import unused_staged_images
 from builder.targets.local.qemu_cmd import OVMF_CODE, OVMF_VARS, DiskState, Layout, boot_indexes, qemu_argv
 from builder.targets.local.qmp import QMPClient, QMPError
-from builder.targets.local.state import load_state, o_direct_supported, process_alive, read_pidfile, save_state
+from builder.targets.local.rundir import ensure_private, socket_dir
+from builder.targets.local.state import (
+    BrokenState,
+    ExtraForward,
+    LabNics,
+    VMState,
+    load_state,
+    o_direct_supported,
+    process_alive,
+    read_pidfile,
+    save_state,
+)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes
 # Seconds an unused staged *copy* is kept (another make may be about to create a VM on it). Only copies need
 # it: where the image cache shares the out dir's filesystem, staging hard-links, and a staged image that is
 # the only name of its bytes is an old image for certain.
@@ -51,15 +63,26 @@ def derive_mac(name: str, index: int = 0) -> str:
     return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
 
 
+@dataclass
+class LocalVM(VM):
+    """A local VM with its typed state (None when ``broken``: its state.json is unusable)."""
+
+    state: VMState | None = None
+
+
 class LocalTarget(Target):
     name = "local"
 
-    def __init__(self, out_root: Path, *, accel: str = "auto") -> None:
+    def __init__(self, out_root: Path, *, accel: str = "auto", lab: str | None = None) -> None:
+        """*lab*: the target ``lab``: new VMs get their NICs in that lab's bridges instead of user networking."""
         if accel not in ACCEL_CHOICES:
             raise InvalidInput(f"accel {accel!r} is not one of {', '.join(ACCEL_CHOICES)}")
         self.out_root = Path(out_root).resolve()
         self.accel = accel
         self.qemu = "qemu-system-x86_64"
+        self.lab = lab
+        if lab is not None:
+            self.name = "lab"
 
     # --- paths ---------------------------------------------------------------------------------
     def vm_dir(self, name: str) -> Path:
@@ -79,11 +102,7 @@ class LocalTarget(Target):
             raise ImgbuildError(f"cannot stage {path}: no such file")
         digest = cached_sha256(path)
         size = path.stat().st_size
-        safe = re.sub(r"[^A-Za-z0-9._-]", "_", label)[:60] or kind
-        suffix = ".iso" if kind == "iso" else ".qcow2"
-        if safe.endswith(suffix):
-            safe = safe[: -len(suffix)]
-        dest = self.staging_dir / f"{digest[:16]}-{safe}{suffix}"
+        dest = self.staging_dir / _staged_name(digest, label, kind)
         if dest.exists() and dest.stat().st_size == size:
             return Staged(kind, str(dest), digest, size, uploaded=False)
         self.staging_dir.mkdir(parents=True, exist_ok=True)
@@ -98,6 +117,16 @@ class LocalTarget(Target):
         os.replace(tmp, dest)
         return Staged(kind, str(dest), digest, size, uploaded=True)
 
+    def staged_copy(self, path: Path, kind: ArtifactKind, *, label: str) -> Staged | None:
+        path = Path(path)
+        if not path.is_file():
+            return None
+        digest = cached_sha256(path)
+        dest = self.staging_dir / _staged_name(digest, label, kind)
+        if dest.is_file() and dest.stat().st_size == path.stat().st_size:
+            return Staged(kind, str(dest), digest, dest.stat().st_size, uploaded=False)
+        return None
+
     def unstage(self, staged: Staged) -> None:
         ref = Path(staged.ref)
         if ref.parent == self.staging_dir:
@@ -110,23 +139,33 @@ class LocalTarget(Target):
         vmdir = self.vm_dir(spec.name)
         if not spec.nics:
             raise InvalidInput(f"VM {spec.name} has no NIC; the local target needs one for user-mode networking")
-        slirp = slirp_for(spec.network)
-        old = load_state(vmdir) if vmdir.exists() else None
+        slirp = slirp_for(spec.network) if self.lab is None else None
+        nics = lab_nics.lab_nics(self.lab, spec) if self.lab is not None else None
+        old = self._load(vmdir) if vmdir.exists() else None
         if old is not None:
             existing = self._vm(spec.name, old)
             if self.is_running(existing):
                 raise ImgbuildError(
-                    f"a VM named {spec.name} is already running (pid {old.get('pid')})",
+                    f"a VM named {spec.name} is already running (pid {old.pid})",
                     detail=f"remove it first: imgbuild destroy {spec.name}",
                 )
-            if old.get("template"):
+            if old.template:
                 raise ImgbuildError(f"{spec.name} is a template; destroy it first to reuse the name")
         if vmdir.exists():
             progress.note(f"removing the stopped VM left in {vmdir}")
             shutil.rmtree(vmdir)
         vmdir.mkdir(parents=True)
         os.chmod(vmdir, 0o700)
+        try:
+            state = self._create_in(vmdir, spec, slirp, nics, progress)
+        except BaseException:  # a failed or interrupted create leaves no half-made VM (no QEMU runs yet)
+            shutil.rmtree(vmdir, ignore_errors=True)
+            raise
+        self._prune_staged_images(progress)
+        return self._vm(spec.name, state)
 
+    def _create_in(self, vmdir: Path, spec: VMSpec, slirp: SlirpNet | None, nics: LabNics | None,
+                   progress: Progress) -> VMState:
         disks = []
         for i, disk in enumerate(spec.disks):
             path = vmdir / f"disk{i}.qcow2"
@@ -140,7 +179,7 @@ class LocalTarget(Target):
                 run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", backing, path, str(size)])
             else:
                 run(["qemu-img", "create", "-q", "-f", "qcow2", path, str(disk.size_bytes)])
-            disks.append(asdict(DiskState(str(path), disk.bus, disk.cache)))
+            disks.append(DiskState(str(path), disk.bus, disk.cache))
 
         ovmf_vars = None
         if spec.bios == "ovmf":
@@ -151,53 +190,54 @@ class LocalTarget(Target):
 
         console = self.out_root / spec.name / "console.log"
         console.write_bytes(b"")
-        state = {
-            "name": spec.name,
-            "spec": _jsonable(asdict(spec)),
-            "cores": spec.cores,
-            "memory_mib": spec.memory_mib,
-            "cpu": spec.cpu,
-            "display": spec.display,
-            "bios": spec.bios,
-            "disks": disks,
-            "cdroms": [c.ref if c else None for c in spec.cdroms],
-            "macs": [n.mac or derive_mac(spec.name, i) for i, n in enumerate(spec.nics)],
-            "nic_models": [n.model for n in spec.nics],
-            "slirp": asdict(slirp),
-            "guest_ports": list(spec.guest_ports),
-            "boot": list(spec.boot),
-            "agent": spec.agent,
-            "ovmf_vars": ovmf_vars,
-            "console_log": str(console),
-            "sockdir": str(_socket_dir(vmdir)),
-            "forwards": {},
-            "extra_forwards": [],
-            "pid": None,
-            "accel": None,
-            "template": False,
-            "inputs": spec.inputs,
-            "template_of": None,
-            "linked_clones": [],
-        }
+        state = VMState(
+            name=spec.name,
+            spec=_jsonable(asdict(spec)),
+            cores=spec.cores,
+            memory_mib=spec.memory_mib,
+            cpu=spec.cpu,
+            display=spec.display,
+            bios=spec.bios,
+            disks=disks,
+            cdroms=[c.ref if c else None for c in spec.cdroms],
+            macs=[n.mac or derive_mac(spec.name, i) for i, n in enumerate(spec.nics)],
+            nic_models=[n.model for n in spec.nics],
+            slirp=slirp,
+            lab=nics,
+            guest_ports=list(spec.guest_ports),
+            boot=list(spec.boot),
+            agent=spec.agent,
+            ovmf_vars=ovmf_vars,
+            console_log=str(console),
+            sockdir=str(socket_dir(vmdir)),
+            inputs=spec.inputs,
+        )
         save_state(vmdir, state)
-        self._prune_staged_images(progress)
-        return self._vm(spec.name, state)
+        return state
 
     def find_vm(self, name: str) -> VM | None:
-        state = load_state(self.vm_dir(name))
+        """The VM called *name*; one whose state.json is unusable comes back ``broken`` (destroy removes it)."""
+        try:
+            state = self._load(self.vm_dir(name))
+        except BrokenState as exc:
+            return LocalVM(name=name, target=self.name, ident=str(self.vm_dir(name)), broken=exc.message)
         return self._vm(name, state) if state is not None else None
 
     def list_vms(self) -> list[VM]:
+        """This target's VMs: on user networking for ``local``, in a lab for ``lab`` (and broken ones on both)."""
+        return [vm for vm in self._local_vms() if vm.state is None or (vm.state.lab is None) == (self.lab is None)]
+
+    def _local_vms(self) -> list[LocalVM]:
         vms = []
         for vmdir in sorted(self.out_root.glob("*/vm")):
             vm = self.find_vm(vmdir.parent.name) if _NAME.match(vmdir.parent.name) else None
-            if vm is not None:
+            if isinstance(vm, LocalVM):
                 vms.append(vm)
         return vms
 
     def start(self, vm: VM, *, progress: Progress = NullProgress()) -> None:
         state = self._state(vm)
-        if state.get("template"):
+        if state.template:
             raise ImgbuildError(f"{vm.name} is a template; clone it to boot a VM")
         if self.is_running(vm):
             return
@@ -207,18 +247,20 @@ class LocalTarget(Target):
             progress.note(f"using TCG (software emulation): {verdict.reason}")
         if verdict.accel == "tcg":
             progress.note(f"TCG {verdict.tcg_threads}-threaded: {verdict.threads_reason}")
-        sockdir = Path(state["sockdir"])
-        sockdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        sockdir = ensure_private(Path(state.sockdir))
         vmdir = self.vm_dir(vm.name)
-        console = Path(state["console_log"])
+        console = Path(state.console_log)
         console_offset = console.stat().st_size if console.exists() else 0
         last_error: CommandFailed | None = None
+        if state.lab is not None:
+            lab_nics.stop_forwards(state.lab)  # a forward left by a QEMU that died on its own
+            lab_nics.check_bridges(state.lab)
         for _attempt in range(3):  # a forward port taken between choosing and binding: choose again
-            ports = free_loopback_ports(len(state["guest_ports"]))
-            state["forwards"] = {str(gp): hp for gp, hp in zip(state["guest_ports"], ports, strict=True)}
-            state["extra_forwards"] = []
-            state["accel"] = verdict.accel
-            state["tcg_threads"] = verdict.tcg_threads
+            ports = free_loopback_ports(len(state.guest_ports)) if state.lab is None else []
+            state.forwards = dict(zip(state.guest_ports, ports, strict=False))
+            state.extra_forwards = []
+            state.accel = verdict.accel
+            state.tcg_threads = verdict.tcg_threads
             for name in ("qmp.sock", "qga.sock"):
                 (sockdir / name).unlink(missing_ok=True)
             pidfile = vmdir / "qemu.pid"
@@ -233,11 +275,16 @@ class LocalTarget(Target):
                 if "host forwarding" in exc.detail.lower() or "hostfwd" in exc.detail.lower():
                     continue
                 break
-            state["pid"] = read_pidfile(pidfile)
-            state["console_offset"] = console_offset  # what this boot writes to the (appended) console log
-            save_state(vmdir, state)
-            vm.data = state
+            state.pid = read_pidfile(pidfile)
+            state.console_offset = console_offset  # what this boot writes to the (appended) console log
+            self._save(vm, state)
             self._qmp(vm, wait=10).close()  # answers: the VM is up
+            if state.lab is not None:
+                try:
+                    lab_nics.plug_all(vm.name, state.lab)
+                except BaseException:
+                    self.stop(vm)
+                    raise
             return
         assert last_error is not None
         raise ImgbuildError(
@@ -246,8 +293,18 @@ class LocalTarget(Target):
         )
 
     def is_running(self, vm: VM) -> bool:
+        return self._pid(vm) is not None
+
+    def _pid(self, vm: VM) -> int | None:
+        """The VM's live QEMU process: the recorded pid, else QEMU's own pid file (an imgbuild interrupted
+        while QEMU daemonized never recorded it). The QMP socket path on the command line guards against
+        a reused pid."""
         state = self._state(vm)
-        return process_alive(state.get("pid"), str(Path(state["sockdir"]) / "qmp.sock"))
+        marker = str(Path(state.sockdir) / "qmp.sock")
+        for pid in (state.pid, read_pidfile(self.vm_dir(vm.name) / "qemu.pid")):
+            if process_alive(pid, marker):
+                return pid
+        return None
 
     def wait_stopped(self, vm: VM, timeout: float, *, progress: Progress = NullProgress()) -> None:
         start = time.monotonic()
@@ -286,9 +343,8 @@ class LocalTarget(Target):
             self._mark_stopped(vm)
 
     def stop(self, vm: VM) -> None:
-        state = self._state(vm)
-        pid = state.get("pid")
-        if self.is_running(vm):
+        pid = self._pid(vm)
+        if pid is not None:
             try:
                 with self._qmp(vm) as qmp:
                     qmp.execute("quit")
@@ -309,36 +365,83 @@ class LocalTarget(Target):
 
     def destroy(self, vm: VM) -> None:
         vmdir = self.vm_dir(vm.name)
-        state = load_state(vmdir)
+        try:
+            state = self._load(vmdir)
+        except BrokenState:
+            self._destroy_broken(vm.name)
+            return
         if state is None:
             return
-        vm.data = state
-        clones = [c for c in state.get("linked_clones", []) if self.find_vm(c) is not None]
+        vm = self._vm(vm.name, state)
+        clones = [c for c in state.linked_clones if self.find_vm(c) is not None]
         if clones:
             raise ImgbuildError(
                 f"{vm.name} is the template of linked clones: {', '.join(clones)}", detail="destroy those first"
             )
         self.stop(vm)
-        parent = state.get("template_of")
-        if parent:
-            pstate = load_state(self.vm_dir(parent))
-            if pstate is not None and vm.name in pstate.get("linked_clones", []):
-                pstate["linked_clones"].remove(vm.name)
-                save_state(self.vm_dir(parent), pstate)
-        sockdir = Path(state["sockdir"])
+        if state.template_of:
+            try:
+                parent = self._load(self.vm_dir(state.template_of))
+            except BrokenState:
+                parent = None
+            if parent is not None and vm.name in parent.linked_clones:
+                parent.linked_clones.remove(vm.name)
+                save_state(self.vm_dir(state.template_of), parent)
+        sockdir = Path(state.sockdir)
         if sockdir != vmdir and sockdir.exists():
             shutil.rmtree(sockdir, ignore_errors=True)
         shutil.rmtree(vmdir)
+        self._remove_staged_seeds(vm.name)
+        self._prune_staged_images()
+
+    def _remove_staged_seeds(self, name: str) -> None:
+        """A VM's seed ISO holds its private host key: when the VM goes, its staged seeds go, whether still
+        in a drive or left staged by a run that ended before attaching or forgetting it."""
+        if not self.staging_dir.is_dir():
+            return
+        pattern = re.compile(r"[0-9a-f]{16}-" + re.escape(_safe_label(f"{name}-seed", "iso")) + r"\.iso")
+        in_use = {c for vm in self._local_vms() if vm.state is not None for c in vm.state.cdroms if c}
+        for iso in self.staging_dir.glob("*.iso"):
+            if pattern.fullmatch(iso.name) and str(iso) not in in_use:
+                iso.unlink(missing_ok=True)
+
+    def _destroy_broken(self, name: str) -> None:
+        """Remove a VM whose state.json is unusable: its QEMU (found from the pid file, whose path is on
+        QEMU's command line), its socket directory and its directory. Linked clones are looked up from
+        their own records, since the template's list of them is lost."""
+        vmdir = self.vm_dir(name)
+        clones = [vm.name for vm in self._local_vms() if vm.state is not None and vm.state.template_of == name]
+        if clones:
+            raise ImgbuildError(f"{name} is the template of linked clones: {', '.join(clones)}",
+                                detail="destroy those first")
+        pidfile = vmdir / "qemu.pid"
+        pid = read_pidfile(pidfile)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if not process_alive(pid, str(pidfile)):
+                break
+            assert pid is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            deadline = time.monotonic() + 5
+            while process_alive(pid, str(pidfile)) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        if process_alive(pid, str(pidfile)):
+            raise ImgbuildError(f"QEMU process {pid} of {name} does not die")
+        sockdir = socket_dir(vmdir)
+        if sockdir != vmdir:
+            shutil.rmtree(sockdir, ignore_errors=True)
+        shutil.rmtree(vmdir)
+        self._remove_staged_seeds(name)
         self._prune_staged_images()
 
     def _prune_staged_images(self, progress: Progress = NullProgress()) -> None:
         """Remove staged golden images that only an old VM needed (see prune.py); never one in use."""
-        try:
-            vms = self.list_vms()
-        except ImgbuildError as exc:  # a VM we cannot read might use any image: keep them all
-            progress.note(f"not removing unused staged images: {exc.message}")
+        vms = self._local_vms()
+        broken = [vm for vm in vms if vm.state is None]
+        if broken:  # a VM we cannot read might use any image: keep them all
+            progress.note(f"not removing unused staged images: {broken[0].broken}")
             return
-        disks = [Path(disk["path"]) for vm in vms for disk in vm.data["disks"]]
+        disks = [Path(disk.path) for vm in vms if vm.state is not None for disk in vm.state.disks]
         linked = self.staging_dir.exists() and self.staging_dir.stat().st_dev == cache_dir("images").stat().st_dev
         grace = 0.0 if linked else STAGED_IMAGE_GRACE
         for image in unused_staged_images(self.staging_dir, disks, now=time.time(), grace=grace):
@@ -348,8 +451,10 @@ class LocalTarget(Target):
     # --- media ---------------------------------------------------------------------------------
     def set_cdrom(self, vm: VM, slot: int, staged: Staged | None) -> None:
         state = self._state(vm)
-        if not 0 <= slot < len(state["cdroms"]):
-            raise InvalidInput(f"{vm.name} has {len(state['cdroms'])} CD-ROM drive(s); no slot {slot}")
+        if not 0 <= slot < len(state.cdroms):
+            raise InvalidInput(f"{vm.name} has {len(state.cdroms)} CD-ROM drive(s); no slot {slot}")
+        if state.cdroms[slot] == (staged.ref if staged else None):
+            return
         if self.is_running(vm):
             with self._qmp(vm) as qmp:
                 if staged is None:
@@ -359,13 +464,13 @@ class LocalTarget(Target):
                         "blockdev-change-medium",
                         {"id": f"cdrom{slot}", "filename": staged.ref, "format": "raw", "read-only-mode": "read-only"},
                     )
-        state["cdroms"][slot] = staged.ref if staged else None
+        state.cdroms[slot] = staged.ref if staged else None
         self._save(vm, state)
 
     def set_boot(self, vm: VM, order: tuple[str, ...]) -> None:
         state = self._state(vm)
-        disk_idx, cd_idx = boot_indexes(tuple(order), len(state["disks"]), len(state["cdroms"]))
-        state["boot"] = list(order)
+        disk_idx, cd_idx = boot_indexes(tuple(order), len(state.disks), len(state.cdroms))
+        state.boot = list(order)
         self._save(vm, state)
         if self.is_running(vm):  # effective at the guest's next reset; a restart uses the new order anyway
             with self._qmp(vm) as qmp:
@@ -380,9 +485,9 @@ class LocalTarget(Target):
     # --- guest ---------------------------------------------------------------------------------
     def guest_addresses(self, vm: VM, timeout: float) -> list[str]:
         state = self._state(vm)
-        if not state.get("agent"):
+        if not state.agent:
             raise ImgbuildError(f"{vm.name} has no guest agent channel")
-        agent = GuestAgent(Path(state["sockdir"]) / "qga.sock")
+        agent = GuestAgent(Path(state.sockdir) / "qga.sock")
         deadline = time.monotonic() + timeout
         reason = "no answer yet"
         while True:
@@ -405,12 +510,20 @@ class LocalTarget(Target):
 
     def endpoint(self, vm: VM, guest_address: str, port: int) -> Endpoint:
         state = self._state(vm)
-        slirp = SlirpNet(**state["slirp"])
-        if guest_address == slirp.guest and str(port) in state["forwards"]:
-            return Endpoint("127.0.0.1", int(state["forwards"][str(port)]), f"loopback forward to {slirp.guest}:{port}")
-        for fwd in state.get("extra_forwards", []):
-            if fwd["address"] == guest_address and fwd["port"] == port:
-                return Endpoint("127.0.0.1", fwd["host_port"], f"loopback forward to {guest_address}:{port}")
+        if state.lab is not None:
+            if not self.is_running(vm):
+                raise ImgbuildError(f"{vm.name} is not running: no forward to {guest_address}:{port}")
+            endpoint, changed = lab_nics.forward(state.lab, guest_address, port)
+            if changed:
+                self._save(vm, state)
+            return endpoint
+        slirp = state.slirp
+        assert slirp is not None
+        if guest_address == slirp.guest and port in state.forwards:
+            return Endpoint("127.0.0.1", state.forwards[port], f"loopback forward to {slirp.guest}:{port}")
+        for fwd in state.extra_forwards:
+            if fwd.address == guest_address and fwd.port == port:
+                return Endpoint("127.0.0.1", fwd.host_port, f"loopback forward to {guest_address}:{port}")
         if not self.is_running(vm):
             raise ImgbuildError(f"{vm.name} is not running: no forward to {guest_address}:{port}")
         (host_port,) = free_loopback_ports(1)
@@ -418,7 +531,7 @@ class LocalTarget(Target):
             out = qmp.hmp(f"hostfwd_add net0 tcp:127.0.0.1:{host_port}-{guest_address}:{port}")
         if out.strip():
             raise ImgbuildError(f"cannot forward a loopback port to {guest_address}:{port}: {out.strip()}")
-        state.setdefault("extra_forwards", []).append({"address": guest_address, "port": port, "host_port": host_port})
+        state.extra_forwards.append(ExtraForward(guest_address, port, host_port))
         self._save(vm, state)
         return Endpoint("127.0.0.1", host_port, f"loopback forward to {guest_address}:{port}")
 
@@ -450,7 +563,7 @@ class LocalTarget(Target):
         return dest
 
     def console_log(self, vm: VM) -> Path | None:
-        return Path(self._state(vm)["console_log"])
+        return Path(self._state(vm).console_log)
 
     # --- golden images -------------------------------------------------------------------------
     def make_template(self, vm: VM) -> None:
@@ -458,9 +571,9 @@ class LocalTarget(Target):
         if self.is_running(vm):
             raise ImgbuildError(f"{vm.name} is running; shut it down before making it a template")
         state = self._state(vm)
-        for disk in state["disks"]:
-            os.chmod(disk["path"], 0o444)
-        state.update(template=True, pid=None, forwards={}, extra_forwards=[])
+        for disk in state.disks:
+            os.chmod(disk.path, 0o444)
+        state.template, state.pid, state.forwards, state.extra_forwards = True, None, {}, []
         self._save(vm, state)
 
     def clone_mac(self, name: str) -> str:
@@ -476,119 +589,146 @@ class LocalTarget(Target):
         if self.is_running(vm):
             raise ImgbuildError(f"{vm.name} is running; clone a stopped VM or a template")
         vmdir = self.vm_dir(name)
-        if load_state(vmdir) is not None:
+        if self.find_vm(name) is not None:
             raise ImgbuildError(f"a VM named {name} already exists", detail=f"imgbuild destroy {name}")
         vmdir.mkdir(parents=True)
         os.chmod(vmdir, 0o700)
         disks = []
-        for i, disk in enumerate(src["disks"]):
+        for i, disk in enumerate(src.disks):
             path = vmdir / f"disk{i}.qcow2"
             if full:  # a copy of the overlay: still backed by the read-only golden image, not by the template
-                shutil.copyfile(disk["path"], path)
+                shutil.copyfile(disk.path, path)
                 os.chmod(path, 0o644)
             else:
-                run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", disk["path"], path])
-            disks.append({**disk, "path": str(path)})
-        state = json.loads(json.dumps(src))
+                run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", disk.path, path])
+            disks.append(replace(disk, path=str(path)))
         ovmf_vars = None
-        if src.get("ovmf_vars"):
+        if src.ovmf_vars:
             ovmf_vars = str(vmdir / "OVMF_VARS.fd")
-            shutil.copyfile(src["ovmf_vars"], ovmf_vars)
-        cdroms: list[str | None] = [None] * max(1, len(src["cdroms"]))
+            shutil.copyfile(src.ovmf_vars, ovmf_vars)
+        cdroms: list[str | None] = [None] * max(1, len(src.cdroms))
         if seed is not None:
             cdroms[0] = seed.ref
         console = self.out_root / name / "console.log"
         console.write_bytes(b"")
-        state.update(
+        state = replace(
+            src,
             name=name,
+            spec={**src.spec, "name": name},
             disks=disks,
             cdroms=cdroms,
-            macs=[derive_mac(name, i) for i in range(len(src["macs"]))],
+            boot=list(src.boot),
+            macs=[derive_mac(name, i) for i in range(len(src.macs))],
+            nic_models=list(src.nic_models),
+            guest_ports=list(src.guest_ports),
             ovmf_vars=ovmf_vars,
             console_log=str(console),
-            sockdir=str(_socket_dir(vmdir)),
+            sockdir=str(socket_dir(vmdir)),
             forwards={},
             extra_forwards=[],
+            lab=replace(src.lab, forwards=[]) if src.lab is not None else None,
             pid=None,
             accel=None,
             tcg_threads=None,
+            console_offset=0,
             template=False,
             template_of=None if full else vm.name,
             linked_clones=[],
         )
-        state["spec"]["name"] = name
         save_state(vmdir, state)
         if not full:
-            src.setdefault("linked_clones", []).append(name)
+            src.linked_clones.append(name)
             self._save(vm, src)
         return self._vm(name, state)
 
     # --- installer -----------------------------------------------------------------------------
     def installer_log_host(self, network: GuestNetwork) -> str | None:
-        """slirp's router address: UDP sent there arrives on 127.0.0.1 of this machine."""
-        return slirp_for(network).host
+        """slirp's router address: UDP sent there arrives on 127.0.0.1 of this machine. A lab guest cannot reach
+        this machine at all (None: the installer runs without its syslog)."""
+        return slirp_for(network).host if self.lab is None else None
 
     # --- internals -----------------------------------------------------------------------------
-    def _vm(self, name: str, state: dict) -> VM:
-        return VM(name=name, target=self.name, ident=str(self.vm_dir(name)), data=state)
+    def _vm(self, name: str, state: VMState) -> LocalVM:
+        return LocalVM(name=name, target=self.name, ident=str(self.vm_dir(name)), state=state)
 
-    def _state(self, vm: VM) -> dict:
-        if not vm.data:
-            state = load_state(self.vm_dir(vm.name))
-            if state is None:
-                raise ImgbuildError(f"no VM named {vm.name} under {self.out_root}")
-            vm.data = state
-        return vm.data
+    def _load(self, vmdir: Path) -> VMState | None:
+        return load_state(vmdir, socket_dirs=(socket_dir(vmdir),))
 
-    def _save(self, vm: VM, state: dict) -> None:
-        vm.data = state
+    def _state(self, vm: VM) -> VMState:
+        if isinstance(vm, LocalVM) and vm.state is not None:
+            return vm.state
+        if vm.broken:
+            raise ImgbuildError(f"{vm.name} cannot be used: {vm.broken}", detail=f"remove it: imgbuild destroy {vm.name}")
+        state = self._load(self.vm_dir(vm.name))
+        if state is None:
+            raise ImgbuildError(f"no VM named {vm.name} under {self.out_root}")
+        if isinstance(vm, LocalVM):
+            vm.state = state
+        return state
+
+    def _save(self, vm: VM, state: VMState) -> None:
+        if isinstance(vm, LocalVM):
+            vm.state = state
         save_state(self.vm_dir(vm.name), state)
+
+    def built_from(self, vm: VM) -> str | None:
+        """The VM's inputs, or None when it is on the other network (``local`` vs ``lab``): make replaces it."""
+        if vm.broken or (self._state(vm).lab is None) != (self.lab is None):
+            return None
+        return self._state(vm).inputs or None
+
+    def is_template(self, vm: VM) -> bool:
+        return not vm.broken and self._state(vm).template
 
     def _mark_stopped(self, vm: VM) -> None:
         state = self._state(vm)
-        if state.get("pid") is not None:
-            state["pid"] = None
+        forwards = state.lab is not None and lab_nics.stop_forwards(state.lab)
+        if state.pid is not None or forwards:
+            state.pid = None
             self._save(vm, state)
 
-    def _layout(self, name: str, state: dict) -> Layout:
-        sockdir = Path(state["sockdir"])
+    def _layout(self, name: str, state: VMState) -> Layout:
+        sockdir = Path(state.sockdir)
+        accel = state.accel or "tcg"
         return Layout(
             name=name,
-            accel=state["accel"],
-            tcg_threads=state.get("tcg_threads") or "single",
-            cores=state["cores"],
-            memory_mib=state["memory_mib"],
-            cpu=_cpu_for(state["cpu"], state["accel"]),
-            display=state["display"],
-            bios=state["bios"],
-            disks=tuple(DiskState(**d) for d in state["disks"]),
-            cdroms=tuple(state["cdroms"]),
-            macs=tuple(state["macs"]),
-            nic_models=tuple(state["nic_models"]),
-            slirp=SlirpNet(**state["slirp"]),
-            forwards={int(k): int(v) for k, v in state["forwards"].items()},
-            boot=tuple(state["boot"]),
-            agent=state["agent"],
-            console_log=state["console_log"],
+            accel=accel,
+            tcg_threads=state.tcg_threads or "single",
+            cores=state.cores,
+            memory_mib=state.memory_mib,
+            cpu=_cpu_for(state.cpu, accel),
+            display=state.display,
+            bios=state.bios,
+            disks=tuple(state.disks),
+            cdroms=tuple(state.cdroms),
+            macs=tuple(state.macs),
+            nic_models=tuple(state.nic_models),
+            slirp=state.slirp,
+            forwards=dict(state.forwards),
+            taps=lab_nics.taps(name, state.lab) if state.lab is not None else (),
+            netns=state.lab.netns if state.lab is not None else None,
+            boot=tuple(state.boot),
+            agent=state.agent,
+            console_log=state.console_log,
             qmp_socket=str(sockdir / "qmp.sock"),
             agent_socket=str(sockdir / "qga.sock"),
             pidfile=str(self.vm_dir(name) / "qemu.pid"),
-            ovmf_vars=state.get("ovmf_vars"),
+            ovmf_vars=state.ovmf_vars,
         )
 
     def _qmp(self, vm: VM, wait: float = 2.0) -> QMPClient:
-        return QMPClient(Path(self._state(vm)["sockdir"]) / "qmp.sock").connect(wait=wait)
+        return QMPClient(Path(self._state(vm).sockdir) / "qmp.sock").connect(wait=wait)
 
     def console_panic(self, vm: VM) -> str | None:
         """The kernel panic line the guest printed on its console since it was last started, if any."""
-        return panic_since(self.console_log(vm), int(self._state(vm).get("console_offset") or 0))
+        return panic_since(self.console_log(vm), self._state(vm).console_offset)
 
-    def _raise_if_panicked(self, vm: VM, state: dict) -> None:
+    def _raise_if_panicked(self, vm: VM, state: VMState) -> None:
         panic = self.console_panic(vm)
         if panic is None:
             return
         hint = ""
-        ran_multi = state.get("accel") == "tcg" and state.get("tcg_threads") == "multi"
+        ran_multi = state.accel == "tcg" and state.tcg_threads == "multi"
         if ran_multi and tcg_threads("tcg", qemu_version(self.qemu))[0] == "single":  # multi was asked for
             hint = ("\nthis QEMU's multi-threaded TCG (--accel tcg-multi) now and then breaks a guest kernel's "
                     "live code patching; plain --accel tcg runs it single-threaded")
@@ -618,12 +758,15 @@ def _cpu_for(cpu: str, accel: str | None) -> str:
     return "max" if cpu == "host" and accel != "kvm" else cpu
 
 
-def _socket_dir(vmdir: Path) -> Path:
-    """The VM directory, or a short directory under /tmp when socket paths would not fit in sun_path."""
-    if len(str(vmdir / "qmp.sock")) <= MAX_SOCKET_PATH:
-        return vmdir
-    digest = hashlib.sha256(str(vmdir).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"imgbuild-{digest}"
+def _safe_label(label: str, kind: ArtifactKind) -> str:
+    suffix = ".iso" if kind == "iso" else ".qcow2"
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", label)[:60] or kind
+    return safe[: -len(suffix)] if safe.endswith(suffix) else safe
+
+
+def _staged_name(digest: str, label: str, kind: ArtifactKind) -> str:
+    """``<sha256[:16]>-<label>.iso|.qcow2``: content-addressed, and the label says whose it is."""
+    return f"{digest[:16]}-{_safe_label(label, kind)}{'.iso' if kind == 'iso' else '.qcow2'}"
 
 
 def _virtual_size(image: Path) -> int:
@@ -633,7 +776,7 @@ def _virtual_size(image: Path) -> int:
     return size
 
 
-def _jsonable(data: object) -> object:
+def _jsonable(data: dict) -> dict:
     return json.loads(json.dumps(data, default=str))
 
 

@@ -30,7 +30,7 @@ from builder.progress import NullProgress, Progress
 from builder.recipe.model import derived_mac
 from builder.targets.base import VM, ArtifactKind, Endpoint, GuestNetwork, Staged, Target, VMSpec
 from builder.targets.local.agent import usable_addresses
-from builder.targets.pve import nat, privileges, vmconfig
+from builder.targets.pve import nat, privileges, screen, vmconfig
 from builder.targets.pve.client import PveClient, PveError, volume_path
 from builder.targets.pve.cluster import RESERVATIONS, ClusterView, choose_node, fmt_gib
 from builder.targets.pve.jump import JumpHost
@@ -354,13 +354,42 @@ class PveTarget(Target):
             progress.note(f"removing {volid}: its size does not match the local file")
             uploader.delete(volid, what=f"removal of {volid}")
         filename = upload_name(label, digest, suffix)
-        volid = uploader.upload(path, storage=storage, content=content, filename=filename, sha256=digest,
-                                label=f"upload {filename}" + (f" to {node}" if where else ""), progress=progress)
+        try:
+            volid = uploader.upload(path, storage=storage, content=content, filename=filename, sha256=digest,
+                                    label=f"upload {filename}" + (f" to {node}" if where else ""), progress=progress)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: an ISO (a seed holds a private key) must not stay
+            if kind == "iso":
+                self._remove_interrupted_upload(f"{storage}:{content}/{filename}", node, where)
+            raise
         if kind == "image":  # VMs hold copies of imported images, never the upload: older versions are dead weight
             for old in uploader.superseded(storage, content, label, digest, suffix):
                 progress.note(f"removing {old}: an older golden image, superseded by {filename}")
                 uploader.delete(old, what=f"removal of {old}")
         return Staged(kind, volid, digest, size, uploaded=True, location=where)
+
+    def _remove_interrupted_upload(self, volid: str, node: str, where: str) -> None:
+        """PVE keeps an upload whose body arrived even when the client is gone (its import task runs on):
+        wait for that task, then delete the file. A body cut short is discarded by PVE itself."""
+        try:
+            for task in self.client.get(f"/nodes/{node}/tasks", source="active", typefilter="imgcopy") or []:
+                if task.get("type") == "imgcopy" and task.get("upid"):
+                    self.client.wait_task(str(task["upid"]), timeout=self._wait(CONFIG_TIMEOUT),
+                                          what="an interrupted upload's import")
+            self.unstage(Staged("iso", volid, "", 0, location=where or node))
+        except ImgbuildError as exc:
+            log.warning("could not remove the interrupted upload %s: %s", volid, exc.message)
+
+    def staged_copy(self, path: Path, kind: ArtifactKind, *, label: str) -> Staged | None:
+        path = Path(path)
+        if not path.is_file():
+            return None
+        node = self._job_node()
+        storage, content, suffix = self._storage_for(kind, node)
+        digest = cached_sha256(path)
+        size = path.stat().st_size
+        good, _ = Uploader(self.client, node, sleep=self._sleep).find_existing(storage, content, digest, suffix, size)
+        where = "" if self._is_shared(storage, node) else node
+        return Staged(kind, good, digest, size, location=where) if good is not None else None
 
     def unstage(self, staged: Staged) -> None:
         volid = staged.ref
@@ -423,6 +452,10 @@ class PveTarget(Target):
             except PveError as exc:
                 if "already exists" in exc.reason and spec.vmid is None and attempt < 2:
                     continue  # another client took the id between nextid and create
+                self._remove_failed_create(vmid, spec.name, node)
+                raise
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: PVE's create task runs on; remove what it makes
+                self._wait_unlocked(vmid, node)
                 self._remove_failed_create(vmid, spec.name, node)
                 raise
             break
@@ -537,12 +570,38 @@ class PveTarget(Target):
         listed = {int(e.get("vmid", -1)): e for e in self.client.get(f"/nodes/{node}/qemu") or []}
         if vmid not in listed:
             return
+        if listed[vmid].get("lock") == "clone":  # an interrupted clone: its task runs on
+            listed[vmid] = self._wait_unlocked(vmid, node)
         self._ours(vm)
+        seeds = self._seed_volumes(vm)
         if listed[vmid].get("status") == "running":
             self.client.run("POST", f"{self._qemu(vm)}/status/stop", what=f"stop of VM {vmid}",
                             wait=self._wait(STOP_TIMEOUT))
         self.client.run("DELETE", self._qemu(vm), what=f"removal of VM {vmid} ({vm.name}) on {node}",
                         wait=self.task_timeout, purge=True, **{"destroy-unreferenced-disks": True})
+        for volid in seeds:  # the VM's private host key
+            self.unstage(Staged("iso", volid, "", 0, location=node))
+
+    def _wait_unlocked(self, vmid: int, node: str) -> dict[str, Any]:
+        deadline = time.monotonic() + self.task_timeout
+        while True:
+            entry: dict[str, Any] = next((e for e in self.client.get(f"/nodes/{node}/qemu") or []
+                          if int(e.get("vmid", -1)) == vmid), {})
+            if not entry.get("lock") or time.monotonic() >= deadline:
+                return entry
+            self._sleep(0.5)
+
+    def _seed_volumes(self, vm: VM) -> list[str]:
+        """The seed ISOs in *vm*'s drives (uploaded as ``<name>-seed-<sha256[:16]>.iso``)."""
+        config = self.client.get(f"{self._qemu(vm)}/config") or {}
+        pattern = re.compile(r"[^:]+:iso/" + re.escape(upload_name(f"{vm.name}-seed", "0" * 16, ".iso"))
+                             .replace("0" * 16, "[0-9a-f]{16}"))
+        found = []
+        for key in vmconfig.CDROM_KEYS:
+            file = vmconfig.parse_property_string(str(config.get(key, "")), "file").get("file") or ""
+            if pattern.fullmatch(file):
+                found.append(file)
+        return found
 
     # --- media -------------------------------------------------------------------------------------
     def set_cdrom(self, vm: VM, slot: int, staged: Staged | None) -> None:
@@ -604,8 +663,11 @@ class PveTarget(Target):
         return Endpoint("127.0.0.1", local, f"{self.jump.describe()} to {guest_address}:{port}")
 
     def screenshot(self, vm: VM, dest: Path) -> Path:
-        raise ImgbuildError(f"screenshots are not available on the Proxmox VE target {self.name}: its API has no "
-                            "screendump call", detail="open the VM's console in the PVE web UI (SPICE or noVNC)")
+        """The VM's screen through PVE's VNC console (vncproxy + vncwebsocket, screen.py): PVE has no
+        screendump call. Needs VM.Console on the VM."""
+        if not self.is_running(vm):
+            raise ImgbuildError(f"VM {vm.ident} ({vm.name}) is not running: no screen to capture")
+        return screen.screenshot(self.client, self._qemu(vm), dest)
 
     def console_log(self, vm: VM) -> Path | None:
         return None
