@@ -69,6 +69,10 @@ def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
         settle(target, vm, built, created=created, ok=ok, options=options, report=report, progress=progress)
 
     with recipe_lock(out_root, recipe.name, f"make {recipe.name}"), reported(report, out_dir / "report.json", leave):
+        with stages.stage("check"):  # fail in seconds (privileges, node, storages, network), not after an upload
+            target.preflight(specs.vm_spec(recipe, disk_source=None, cdroms=()),
+                             media=("image", "iso") if method == "image" else ("iso",),
+                             console=any(c.check == "desktop" for c in recipe.verify), progress=progress)
         with stages.stage("render"):
             rendered = render_recipe(recipe, out_root)
         with stages.stage("build"):
@@ -261,7 +265,7 @@ def boot(recipe: Recipe, target: Target, vm: VM, progress: Progress, report: Rep
             target.start(vm, progress=progress)
         progress.step("waiting for the guest agent to report an address")
         try:
-            addresses = target.guest_addresses(vm, timeout=ADDRESS_TIMEOUT)
+            addresses = target.guest_addresses(vm, timeout=getattr(target, "address_timeout", None) or ADDRESS_TIMEOUT)
             break
         except GuestCrashed as exc:
             if attempt == 2:

@@ -92,6 +92,7 @@ class VMHardware:
     display: Literal["qxl", "std", "virtio", "none"]
     spice: bool
     bios: Literal["seabios", "ovmf"]
+    node: str | None = None  # Proxmox VE: pin the VM to this cluster node
 
 
 @dataclass(frozen=True)
@@ -235,7 +236,8 @@ def build_recipe(data: dict[str, Any], source: Path) -> Recipe:
         disk=Disk(size_bytes=parse_size(data["disk"]["size"], bare_unit="G"), bus=data["disk"]["bus"],
                   cache=data["disk"]["cache"], partitioning=data["disk"]["partitioning"], lvm=data["disk"]["lvm"]),
         vm=VMHardware(cores=data["vm"]["cores"], memory_mib=parse_size(data["vm"]["memory"], bare_unit="M") >> 20,
-                      cpu=data["vm"]["cpu"], display=display, spice=spice, bios=data["vm"]["bios"]),
+                      cpu=data["vm"]["cpu"], display=display, spice=spice, bios=data["vm"]["bios"],
+                      node=data["vm"].get("node")),
         install=Install(method=data["install"]["method"], base_iso=data["install"]["base_iso"]),
         late_commands=tuple(data["late_commands"]),
         verify=tuple(checks),

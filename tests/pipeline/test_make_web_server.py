@@ -34,7 +34,7 @@ def made(imgbuild):
 def test_make_ends_in_a_verified_vm(made) -> None:
     result, report = made
     assert report["ok"] is True and report["failed_checks"] == []
-    assert [s["name"] for s in report["stages"]] == ["render", "build", "image", "stage", "create", "boot", "verify"]
+    assert [s["name"] for s in report["stages"]] == ["check", "render", "build", "image", "stage", "create", "boot", "verify"]
     assert all(s["ok"] for s in report["stages"])
     ssh = check_named(report, "ssh")
     assert ssh["ok"] and "192.168.1.250/24" in ssh["seen"] and "cloud-init status: done" in ssh["seen"]
@@ -134,7 +134,7 @@ def test_make_again_finds_the_vm_up_to_date(imgbuild, made) -> None:
     result = imgbuild("make", "web-server")
     assert result.returncode == 0, result.stderr[-3000:]
     report = imgbuild.report("web-server")
-    assert [s["name"] for s in report["stages"]] == ["render", "build", "image", "reuse", "boot", "verify"]
+    assert [s["name"] for s in report["stages"]] == ["check", "render", "build", "image", "reuse", "boot", "verify"]
     assert report["cache"]["image"]["reused"] is True and report["vm"]["reused"] is True
     assert "staged" not in report["cache"] and report["ok"] and report["vm"]["state"] == "shut down"
     assert "is up to date on local" in result.stderr

@@ -221,8 +221,10 @@ def test_task_listing_and_log_paging(pve: Client) -> None:
     upid = tasks[0]["upid"]
     resp = pve.get(f"/nodes/pve/tasks/{upid}/log", start=1, limit=1)
     assert resp.json()["total"] == 2 and resp.json()["data"] == [{"n": 2, "t": "TASK OK"}]
-    resp = pve.get("/nodes/pve/tasks/UPID:pve:bogus/status")
-    assert resp.status_code == 500 and "unable to parse worker upid" in resp.reason
+    # pve-manager PVE/API2/Tasks.pm: raise_param_exc({ upid => "unable to parse worker upid" })
+    with pve.sim.expecting_rejection("param"):
+        resp = pve.get("/nodes/pve/tasks/UPID:pve:bogus/status")
+    assert resp.status_code == 400 and resp.json()["errors"] == {"upid": "unable to parse worker upid"}
 
 
 @pytest.mark.parametrize("vmid", [100])

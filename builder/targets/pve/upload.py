@@ -3,6 +3,9 @@
 - File names carry the content hash (``<label>-<sha256[:16]>.iso`` / ``.qcow2``): before uploading,
   the storage's content is listed, and a file whose name ends in the same hash and whose size matches
   is reused as is. A file of that name with another size is not trusted: it is deleted and replaced.
+  pve-storage lists ``iso``, ``vztmpl`` and ``import`` files with their size on disk (``$st->size`` in
+  PVE/Storage/Plugin.pm), a qcow2 in ``import`` included: the local file's byte count is what must match,
+  never the image's virtual size (which only ``images`` volumes are listed with).
 - The body (``FileForm``) is framed by requests-toolbelt's ``MultipartEncoder`` and streams the file
   in 1 MiB blocks through one reused buffer, so memory stays flat whatever the size; the text fields
   ``content``, ``checksum-algorithm=sha256`` and ``checksum`` come before the file part (named
@@ -26,7 +29,6 @@ from typing import Any, cast
 import requests
 from requests_toolbelt import MultipartEncoder
 
-from builder import qcow2
 from builder.errors import ImgbuildError
 from builder.progress import NullProgress, Progress
 from builder.targets.pve.client import PveClient, PveError, read_json_response, volume_path
@@ -51,16 +53,6 @@ def _safe_label(label: str, suffix: str) -> str:
     if safe.endswith(suffix):
         safe = safe[: -len(suffix)]
     return safe[:80]
-
-
-def reported_size(path: Path, content: str) -> int:
-    """The size PVE lists for the file once uploaded: qcow2 images by virtual size, others by bytes."""
-    if content == "import" and path.suffix == ".qcow2":
-        size = qcow2.virtual_size(path)
-        if size is None:
-            raise ImgbuildError(f"{path} is not a qcow2 image")
-        return size
-    return path.stat().st_size
 
 
 class Uploader:
