@@ -39,3 +39,9 @@ class CheckFailed(ImgbuildError):
 
 class GuestCrashed(ImgbuildError):
     """The guest's kernel panicked (seen on its console): waiting longer cannot help."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (systemd stopping a unit, CI cancelling a job, kill): raised by the handler the CLI installs,
+    so every cleanup that runs on Ctrl-C (``except KeyboardInterrupt``, ``finally``) runs on SIGTERM too.
+    The CLI exits 143 (128 + SIGTERM) after it, 130 after Ctrl-C."""

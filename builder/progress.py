@@ -11,6 +11,8 @@ import sys
 import time
 from typing import Protocol, TextIO
 
+from builder.secrets.redact import redact
+
 
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -58,7 +60,7 @@ class ConsoleProgress:
         self._clear()
         self.stage_name = name
         self.stage_start = time.monotonic()
-        self.stream.write(f"==> {name}\n")
+        self.stream.write(redact(f"==> {name}\n"))
         self.stream.flush()
 
     def end_stage(self, ok: bool, summary: str = "") -> None:
@@ -66,13 +68,14 @@ class ConsoleProgress:
         elapsed = time.monotonic() - self.stage_start
         mark = "ok" if ok else "FAILED"
         extra = f": {summary}" if summary else ""
-        self.stream.write(f"    {self.stage_name} {mark} in {elapsed:.1f}s{extra}\n")
+        self.stream.write(redact(f"    {self.stage_name} {mark} in {elapsed:.1f}s{extra}\n"))
         self.stream.flush()
 
     def _elapsed(self) -> str:
         return f"{time.monotonic() - self.stage_start:6.1f}s"
 
     def _status(self, text: str) -> None:
+        text = redact(text)
         if self.live:
             line = f"    [{self._elapsed()}] {text}"[:160]
             pad = max(0, len(self._last_line) - len(line))
@@ -92,7 +95,7 @@ class ConsoleProgress:
 
     def note(self, text: str) -> None:
         self._clear()
-        self.stream.write(f"    {text}\n")
+        self.stream.write(redact(f"    {text}\n"))
         self.stream.flush()
 
     def transfer(self, label: str, done: int, total: int | None) -> None:

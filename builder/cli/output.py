@@ -6,6 +6,8 @@ import json
 import sys
 from typing import Any, TextIO
 
+from builder.secrets.redact import redact, redact_data
+
 
 class Output:
     def __init__(self, as_json: bool = False, stream: TextIO | None = None) -> None:
@@ -14,12 +16,12 @@ class Output:
 
     def text(self, line: str = "") -> None:
         if not self.as_json:
-            print(line, file=self.stream)
+            print(redact(line), file=self.stream)
 
     def data(self, payload: Any) -> None:
         """Emit the command's JSON result (only with --json)."""
         if self.as_json:
-            json.dump(payload, self.stream, indent=2, sort_keys=False, default=str)
+            json.dump(redact_data(json.loads(json.dumps(payload, default=str))), self.stream, indent=2, sort_keys=False)
             self.stream.write("\n")
 
     def table(self, rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
@@ -27,4 +29,4 @@ class Output:
             return
         widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
         for row in [header, *rows]:
-            print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=self.stream)
+            print(redact("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()), file=self.stream)

@@ -28,8 +28,9 @@ from builder.iso.cpio import preseed_archive
 from builder.iso.fat import fat16_image
 from builder.iso.isowriter import Concat, ElTorito, IsoBuilder, build_epoch
 from builder.iso.netboot import NetbootFiles, fetch_netboot, release_number
-from builder.iso.seed import SEED_FILES, build_seed_iso, content_epoch
+from builder.iso.seed import build_seed_iso, content_epoch
 from builder.progress import NullProgress, Progress
+from builder.render.write import SEED_FILES as RENDERED_SEED_FILES
 
 LAYOUT_VERSION = "imgbuild-installer-iso-1"  # bump when the layout changes: it feeds the timestamp
 KERNEL = "/install.amd/vmlinuz"
@@ -164,8 +165,10 @@ class RecipeIsos:
 
 
 def read_seed_files(render_dir: Path) -> dict[str, bytes]:
+    """The seed files imgbuild renders (render.write.SEED_FILES), never anything else found in *render_dir*:
+    a stray ``vendor-data`` there would run as root in the guest."""
     files: dict[str, bytes] = {}
-    for name in SEED_FILES:
+    for name in RENDERED_SEED_FILES:
         path = render_dir / name
         if path.exists():
             files[name] = path.read_bytes()
@@ -184,7 +187,7 @@ def build_recipe_isos(
     progress: Progress = NullProgress(),
     netboot: NetbootFiles | None = None,
 ) -> RecipeIsos:
-    """From a rendered recipe directory (preseed.cfg, user-data, meta-data, network-config[, vendor-data])
+    """From a rendered recipe directory (preseed.cfg, user-data, meta-data, network-config)
     write seed.iso, installer.iso and SHA256SUMS there, each atomically.
 
     *base_iso*: remaster this official Debian ISO (a path, or an http(s) URL with *base_iso_sums* the URL

@@ -28,6 +28,7 @@ from typing import IO, Literal
 
 from builder.errors import ImgbuildError
 from builder.progress import NullProgress, Progress
+from builder.secrets.redact import redact
 
 EventKind = Literal["stage", "error", "prompt", "fetched", "message"]
 
@@ -305,7 +306,7 @@ class InstallerLog:
         with self._cond:
             self._lines.append(msg.line())
             if self._raw is not None:
-                self._raw.write(msg.line() + "\n")
+                self._raw.write(redact(msg.line()) + "\n")
                 self._raw.flush()
             for event in events:
                 self._events.append(event)

@@ -13,17 +13,19 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from builder.cachedir import cached_sha256, content_key, sha256_file
-from builder.errors import CheckFailed, GuestCrashed, ImgbuildError
+from builder.errors import CheckFailed, GuestCrashed, ImgbuildError, InvalidInput
 from builder.fsutil import write_atomic
 from builder.image.build import GoldenImage, build_golden_image
 from builder.image.manifest import manifest_path
 from builder.iso.installer import build_recipe_isos, read_seed_files
 from builder.iso.seed import build_seed_iso, content_epoch
+from builder.outdir import recipe_lock
 from builder.pipeline import specs
 from builder.pipeline.report import Report
 from builder.pipeline.stages import Stages
 from builder.progress import NullProgress, Progress
 from builder.recipe.model import Recipe
+from builder.recipe.rules import method_problems
 from builder.render.write import Rendered, render_recipe
 from builder.targets.base import VM, Staged, Target
 from builder.verify.checks import CheckRunner, GuestAccess, Outcome
@@ -55,6 +57,7 @@ class Built:
 def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
          progress: Progress = NullProgress()) -> Report:
     method = options.method or recipe.install.method
+    refuse_unsupported(recipe, method)
     report = Report(recipe=recipe.name, target=target.name, method=method)
     stages = Stages(report, progress)
     out_dir = out_root / recipe.name
@@ -65,7 +68,11 @@ def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
     def leave(ok: bool) -> None:
         settle(target, vm, built, created=created, ok=ok, options=options, report=report, progress=progress)
 
-    with reported(report, out_dir / "report.json", leave):
+    with recipe_lock(out_root, recipe.name, f"make {recipe.name}"), reported(report, out_dir / "report.json", leave):
+        with stages.stage("check"):  # fail in seconds (privileges, node, storages, network), not after an upload
+            target.preflight(specs.vm_spec(recipe, disk_source=None, cdroms=()),
+                             media=("image", "iso") if method == "image" else ("iso",),
+                             console=any(c.check == "desktop" for c in recipe.verify), progress=progress)
         with stages.stage("render"):
             rendered = render_recipe(recipe, out_root)
         with stages.stage("build"):
@@ -85,6 +92,12 @@ def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
                 record.detail = "up to date: the VM was built from these exact inputs; verifying it again"
                 progress.note(f"{recipe.name} is up to date on {target.name} (use --rebuild for a new VM)")
                 report.vm = {"name": vm.name, "target": vm.target, "id": vm.ident, "reused": True}
+                # Its seed still staged: a run ended (killed) before verifying it. Finish that run's work: after
+                # verification the seed is detached and removed; after a failure the VM goes like a new one.
+                seed = target.staged_copy(built.seed, "iso", label=f"{recipe.name}-seed")
+                if seed is not None:
+                    built.staged["seed"] = seed
+                    created = True
         else:
             with stages.stage("stage"):
                 stage_media(target, built, report, progress)
@@ -119,6 +132,15 @@ def reported(report: Report, path: Path, leave: Callable[[bool], None]) -> Itera
     finally:
         leave(report.ok)
         report.write(path)
+
+
+def refuse_unsupported(recipe: Recipe, method: str) -> None:
+    """``make --method`` may pick a method the recipe was not validated for: its fields must still all count."""
+    found = method_problems(recipe.raw, method)
+    if found:
+        lines = [f"{recipe.source}: {'.'.join(map(str, path))}: {message}" for path, message in found]
+        raise InvalidInput(f"{recipe.name} sets fields the {method} method cannot honour: {lines[0]}",
+                           detail="\n".join(lines[1:]))
 
 
 def verify_stage(stages: Stages, recipe: Recipe, rendered: Rendered, target: Target, vm: VM, address: str,
@@ -255,7 +277,7 @@ def boot(recipe: Recipe, target: Target, vm: VM, progress: Progress, report: Rep
             target.start(vm, progress=progress)
         progress.step("waiting for the guest agent to report an address")
         try:
-            addresses = target.guest_addresses(vm, timeout=ADDRESS_TIMEOUT)
+            addresses = target.guest_addresses(vm, timeout=getattr(target, "address_timeout", None) or ADDRESS_TIMEOUT)
             break
         except GuestCrashed as exc:
             if attempt == 2:
@@ -302,11 +324,9 @@ def access_info(recipe: Recipe, rendered: Rendered, target: Target, vm: VM, addr
 def forget_seed(target: Target, vm: VM, built: Built, progress: Progress) -> None:
     """The seed ISO holds the guest's private host key: once verified, detach it and remove it from the target."""
     seed = built.staged.get("seed")
-    if seed is None:
-        return
-    slot = 1 if "installer" in built.staged else 0
-    target.set_cdrom(vm, slot, None)
-    target.unstage(seed)
+    target.set_cdrom(vm, 1 if built.installer is not None else 0, None)  # also a seed no longer staged
+    if seed is not None:
+        target.unstage(seed)
     progress.step("seed ISO detached and removed from the target")
 
 

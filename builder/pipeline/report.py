@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.fsutil import write_atomic
+from builder.secrets.redact import redact_data
 
 
 @dataclass
@@ -57,5 +58,5 @@ class Report:
         return data
 
     def write(self, path: Path) -> Path:
-        write_atomic(path, json.dumps(self.as_dict(), indent=2) + "\n")
+        write_atomic(path, json.dumps(redact_data(self.as_dict()), indent=2) + "\n")
         return path

@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.recipe.loader import find_recipe, list_recipe_files, load_resolved
+from builder.recipe.loader import find_recipe, list_recipe_files, load_resolved, recipes_in
 from builder.recipe.model import Check, Recipe, build_recipe
 from builder.recipe.problems import Problem, RecipeInvalid
 from builder.recipe.rules import rule_problems, string_problems
 from builder.recipe.schema import schema_problems, with_defaults
 
 __all__ = ["Check", "Problem", "Recipe", "RecipeInvalid", "check_recipe", "find_recipe", "list_recipe_files",
-           "load_recipe"]
+           "load_recipe", "recipes_in"]
 
 
 @dataclass(frozen=True)

@@ -49,14 +49,18 @@ def _rows(schema: dict[str, Any], prefix: str) -> list[str]:
         rows.append(f"| `{path}` | {_type(sub)} | {default} | {desc} |")
         if sub.get("type") == "object":
             rows += _rows(sub, f"{path}.")
+            extra = sub.get("additionalProperties")
+            if isinstance(extra, dict) and "properties" in extra:  # a mapping of names (host bridges, bonds ...)
+                rows += _rows(extra, f"{path}.NAME.")
         elif sub.get("type") == "array" and sub.get("items", {}).get("type") == "object":
             rows += _rows(sub["items"], f"{path}[].")
     return rows
 
 
-def schema_markdown() -> str:
-    schema = recipe_schema()
-    lines = [HEADER.rstrip("\n"), "", schema["description"], "",
+def schema_markdown(schema: dict[str, Any] | None = None, header: str = HEADER) -> str:
+    """The field reference of *schema* (the recipe schema by default) under *header*."""
+    schema = schema or recipe_schema()
+    lines = [header.rstrip("\n"), "", schema["description"], "",
              "| Field | Type | Default | Meaning |", "| --- | --- | --- | --- |"]
     lines += _rows(schema, "")
     return "\n".join(lines) + "\n"

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from builder.recipe.sizes import parse_size
-from builder.recipe.tasks import DESKTOP_TASKS, display_manager, task_packages
+from builder.recipe.tasks import DESKTOP_TASKS, Session, desktop_session, display_manager, task_packages
+from builder.recipe.values import key_file_lines
 
 ALWAYS_PACKAGES = ("qemu-guest-agent", "cloud-init", "openssh-server")
 
@@ -91,6 +92,13 @@ class VMHardware:
     display: Literal["qxl", "std", "virtio", "none"]
     spice: bool
     bios: Literal["seabios", "ovmf"]
+    node: str | None = None  # Proxmox VE: pin the VM to this cluster node
+
+
+@dataclass(frozen=True)
+class Desktop:
+    autologin: str | None  # user whose session starts at boot (lightdm autologin), None: the greeter waits
+    session: Session | None  # the X session autologin starts and the check proves (None: no autologin)
 
 
 @dataclass(frozen=True)
@@ -136,6 +144,7 @@ class Recipe:
     network: Network
     tasks: tuple[str, ...]
     packages: tuple[str, ...]
+    desktop: Desktop
     disk: Disk
     vm: VMHardware
     install: Install
@@ -150,10 +159,6 @@ class Recipe:
     @property
     def admin(self) -> User:
         return self.users[0]
-
-    @property
-    def desktop(self) -> bool:
-        return bool(DESKTOP_TASKS.intersection(self.tasks))
 
     @property
     def display_manager(self) -> str:
@@ -189,8 +194,7 @@ def build_recipe(data: dict[str, Any], source: Path) -> Recipe:
     for u in data["users"]:
         keys = list(u["ssh_keys"])
         for name in u["ssh_key_files"]:
-            path = source.parent / Path(name).expanduser()
-            keys += [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+            keys += key_file_lines(source.parent / Path(name).expanduser())[0]  # validated: readable, all keys
         users.append(User(
             name=u["name"], full_name=u["full_name"], sudo=u["sudo"], password_hash=u.get("password_hash"),
             password_env=u.get("password_env"), ssh_keys=tuple(dict.fromkeys(keys)), shell=u["shell"],
@@ -204,6 +208,7 @@ def build_recipe(data: dict[str, Any], source: Path) -> Recipe:
         item = {k: c[k] for k in ("check", "port", "path", "expect", "status", "name", "timeout") if k in c}
         checks.append(Check(**item))
     name = data["name"]
+    autologin = data["desktop"]["autologin"]
     return Recipe(
         name=name,
         description=data["description"],
@@ -227,10 +232,12 @@ def build_recipe(data: dict[str, Any], source: Path) -> Recipe:
         ),
         tasks=tuple(data["tasks"]),
         packages=tuple(data["packages"]),
+        desktop=Desktop(autologin=autologin, session=desktop_session(data["tasks"]) if autologin else None),
         disk=Disk(size_bytes=parse_size(data["disk"]["size"], bare_unit="G"), bus=data["disk"]["bus"],
                   cache=data["disk"]["cache"], partitioning=data["disk"]["partitioning"], lvm=data["disk"]["lvm"]),
         vm=VMHardware(cores=data["vm"]["cores"], memory_mib=parse_size(data["vm"]["memory"], bare_unit="M") >> 20,
-                      cpu=data["vm"]["cpu"], display=display, spice=spice, bios=data["vm"]["bios"]),
+                      cpu=data["vm"]["cpu"], display=display, spice=spice, bios=data["vm"]["bios"],
+                      node=data["vm"].get("node")),
         install=Install(method=data["install"]["method"], base_iso=data["install"]["base_iso"]),
         late_commands=tuple(data["late_commands"]),
         verify=tuple(checks),

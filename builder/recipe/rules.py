@@ -14,14 +14,16 @@ from typing import Any
 
 from builder.recipe import values as v
 from builder.recipe.problems import FieldPath
-from builder.recipe.sizes import parse_size
-from builder.recipe.tasks import DESKTOP_TASKS, tasks_for
+from builder.recipe.sizes import format_size, parse_size
+from builder.recipe.tasks import DESKTOP_TASKS, SESSIONS, display_manager, tasks_for
 
 # Free-text fields where non-ASCII is fine (they never reach a shell word or a debconf key).
 TEXT_FIELDS = {("description",), ("users", "*", "full_name"), ("verify", "*", "expect"), ("late_commands", "*")}
 MULTILINE_FIELDS = {("late_commands", "*")}
 MIN_DISK = 2 << 30
 MIN_MEMORY = 512 << 20
+MAX_DISK = 64 << 40  # far beyond a lab VM; qemu-img and lvmthin take it
+MAX_MEMORY = 4 << 40  # qemu-server's limit ($MAX_MEM = 4194304 MiB in PVE/QemuServer/Memory.pm)
 
 
 def _generic(path: FieldPath) -> tuple:
@@ -54,7 +56,6 @@ def rule_problems(data: dict[str, Any], recipe_file: Path) -> Found:
     """Every rule problem. Each group of rules is guarded: where the schema already reported a value of the
     wrong shape, the rules that would trip over it are skipped instead of crashing, so a recipe with many
     mistakes still gets them all reported in one run."""
-    found: Found = []
     groups: list[Callable[[], Found]] = [
         lambda: _identity_problems(data),
         lambda: _mirror_problems(data["mirror"]),
@@ -62,10 +63,37 @@ def rule_problems(data: dict[str, Any], recipe_file: Path) -> Found:
         lambda: _root_problems(data["root"]),
         lambda: _network_problems(data["network"]),
         lambda: _software_problems(data),
+        lambda: _desktop_problems(data),
         lambda: _hardware_problems(data),
         lambda: _install_problems(data, recipe_file),
+        lambda: method_problems(data, data["install"]["method"]),
         lambda: _verify_problems(data["verify"], data["tasks"]),
     ]
+    return run_guarded(groups)
+
+
+def method_problems(data: dict[str, Any], method: str) -> Found:
+    """Fields *method* cannot honour, refused rather than silently ignored (``make --method`` checks
+    them too). The image method boots a copy of a golden image with one root filesystem: partitioning,
+    LVM and an installer ISO are the installer method's."""
+    found: Found = []
+    if method != "image":
+        return found
+    check = _checker(found)
+    why = "the image method boots a golden image with one root filesystem; this is for install.method: installer"
+    if data["disk"]["partitioning"] != "atomic":
+        check(("disk", "partitioning"), f"{data['disk']['partitioning']!r}: {why}")
+    if data["disk"]["lvm"]:
+        check(("disk", "lvm"), f"LVM: {why}")
+    if data["install"]["base_iso"]:
+        check(("install", "base_iso"), "the image method uses no installer ISO; this is for install.method: installer")
+    return found
+
+
+def run_guarded(groups: list[Callable[[], Found]]) -> Found:
+    """The problems every group finds; a group that trips over a value of the wrong shape (which the schema
+    has reported already) is skipped instead of crashing the run."""
+    found: Found = []
     for group in groups:
         try:
             found += group()
@@ -129,13 +157,14 @@ def _user_problems(users: list[dict[str, Any]], recipe_file: Path) -> Found:
             check((*base, "ssh_keys", k), v.ssh_public_key(key))
         for k, name in enumerate(user["ssh_key_files"]):
             path = (recipe_file.parent / Path(name).expanduser())
-            if not path.is_file():
+            if not path.exists():
                 check((*base, "ssh_key_files", k), f"file not found: {path}")
                 continue
-            for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-                if line.strip() and not line.startswith("#"):
-                    bad = v.ssh_public_key(line)
-                    check((*base, "ssh_key_files", k), bad and f"{path}:{n}: {bad}")
+            lines, unusable = v.key_file_lines(path)
+            check((*base, "ssh_key_files", k), unusable and f"{path}: {unusable}")
+            bad = next((f"{path}: key {n}: {why}" for n, line in enumerate(lines, 1)
+                        if (why := v.ssh_public_key(line))), None)
+            check((*base, "ssh_key_files", k), bad)  # the first bad line only: never a file's worth of errors
     return found
 
 
@@ -162,17 +191,43 @@ def _software_problems(data: dict[str, Any]) -> Found:
     return found
 
 
+def _desktop_problems(data: dict[str, Any]) -> Found:
+    found: Found = []
+    user = data["desktop"]["autologin"]
+    if user is None:
+        return found
+    where = ("desktop", "autologin")
+    names = [u["name"] for u in data["users"]]
+    tasks = data["tasks"]
+    if user not in names:
+        close = difflib.get_close_matches(user, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        found.append((where, f"no user {user!r} in users{hint} (users: {', '.join(names)})"))
+    if not DESKTOP_TASKS.intersection(tasks):
+        found.append((where, "autologin needs a desktop task (e.g. lxde-desktop) in tasks"))
+    elif not SESSIONS.keys() & set(tasks) or display_manager(tasks) != "lightdm":
+        found.append((where, f"autologin is supported for {', '.join(sorted(SESSIONS))} (lightdm), whose session "
+                             f"the desktop check can prove; tasks have {', '.join(sorted(DESKTOP_TASKS & set(tasks)))}"))
+    return found
+
+
 def _hardware_problems(data: dict[str, Any]) -> Found:
     found: Found = []
     check = _checker(found)
     try:
-        if parse_size(data["disk"]["size"], bare_unit="G") < MIN_DISK:
+        disk = parse_size(data["disk"]["size"], bare_unit="G")
+        if disk < MIN_DISK:
             check(("disk", "size"), "the disk must be at least 2G")
+        elif disk > MAX_DISK:
+            check(("disk", "size"), f"the disk must be at most {format_size(MAX_DISK)}")
     except ValueError as exc:
         check(("disk", "size"), str(exc))
     try:
-        if parse_size(data["vm"]["memory"], bare_unit="M") < MIN_MEMORY:
+        memory = parse_size(data["vm"]["memory"], bare_unit="M")
+        if memory < MIN_MEMORY:
             check(("vm", "memory"), "memory must be at least 512M")
+        elif memory > MAX_MEMORY:
+            check(("vm", "memory"), f"memory must be at most {format_size(MAX_MEMORY)} (Proxmox VE's limit)")
     except ValueError as exc:
         check(("vm", "memory"), str(exc))
     if not v.CPU.match(data["vm"]["cpu"]):

@@ -23,19 +23,6 @@ def recipe_schema() -> dict[str, Any]:
     return json.loads(text)
 
 
-def schema_at(path: FieldPath) -> dict[str, Any] | None:
-    """The sub-schema describing *path* (list indices step into ``items``)."""
-    node: dict[str, Any] | None = recipe_schema()
-    for part in path:
-        if node is None:
-            return None
-        if isinstance(part, int):
-            node = node.get("items")
-        else:
-            node = node.get("properties", {}).get(part)
-    return node
-
-
 def _suggest(word: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
@@ -47,9 +34,11 @@ def _type_name(value: Any) -> str:
     )
 
 
-def schema_problems(data: Any) -> list[tuple[FieldPath, str]]:
-    """Every schema violation in *data* as (field path, message), with suggestions for typos."""
-    validator = jsonschema.Draft202012Validator(recipe_schema())
+def schema_problems(data: Any, schema: dict[str, Any] | None = None) -> list[tuple[FieldPath, str]]:
+    """Every schema violation in *data* as (field path, message), with suggestions for typos.
+
+    *schema* defaults to the recipe schema; host descriptions (builder/hostnet) bring their own."""
+    validator = jsonschema.Draft202012Validator(schema or recipe_schema())
     found: list[tuple[FieldPath, str]] = []
     for error in validator.iter_errors(data):
         path: FieldPath = tuple(error.absolute_path)
@@ -84,18 +73,25 @@ def schema_problems(data: Any) -> list[tuple[FieldPath, str]]:
     return found
 
 
-def with_defaults(data: dict[str, Any]) -> dict[str, Any]:
-    """A copy of (valid) *data* with every schema default filled in, recursively."""
-    return _fill(copy.deepcopy(data), recipe_schema())
+def with_defaults(data: dict[str, Any], schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A copy of (valid) *data* with every schema default filled in, recursively (the recipe schema unless
+    another *schema* is given)."""
+    return _fill(copy.deepcopy(data), schema or recipe_schema())
 
 
 def _fill(value: Any, schema: dict[str, Any]) -> Any:
     if isinstance(value, dict):
-        for key, sub in schema.get("properties", {}).items():
+        properties = schema.get("properties", {})
+        for key, sub in properties.items():
             if key not in value and "default" in sub:
                 value[key] = copy.deepcopy(sub["default"])
             if key in value:
                 value[key] = _fill(value[key], sub)
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):  # a mapping of names to objects of one shape (host bridges, bonds ...)
+            for key in value:
+                if key not in properties:
+                    value[key] = _fill(value[key], extra)
     elif isinstance(value, list) and "items" in schema:
         value = [_fill(item, schema["items"]) for item in value]
     return value

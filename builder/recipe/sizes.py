@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal, InvalidOperation
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+MAX_DIGITS = 16  # more than any size a disk or a VM's memory can have
 
 
 def parse_size(value: str | int, *, bare_unit: str) -> int:
@@ -18,13 +20,20 @@ def parse_size(value: str | int, *, bare_unit: str) -> int:
     if isinstance(value, int):
         if value <= 0:
             raise ValueError(f"size must be positive, got {value}")
+        if value >= 10**MAX_DIGITS:
+            raise ValueError("size is absurdly large")
         return value * _UNITS[bare_unit]
     match = _SIZE.match(value)
     if not match:
-        raise ValueError(f"cannot parse size {value!r}: use a number with K, M, G or T (binary units), e.g. 8G")
+        raise ValueError(f"cannot parse size {value[:40]!r}: use a number with K, M, G or T (binary units), e.g. 8G")
     number, unit = match.groups()
+    if len(number.partition(".")[0].lstrip("0")) > MAX_DIGITS or len(number) > 2 * MAX_DIGITS:
+        raise ValueError(f"size {value[:20]!r}... is absurdly large")
     unit = unit.upper() or bare_unit
-    size = int(float(number) * _UNITS[unit])
+    try:
+        size = int(Decimal(number) * _UNITS[unit])  # exact: a float would round, or overflow to infinity
+    except InvalidOperation:
+        raise ValueError(f"cannot parse size {value[:40]!r}") from None
     if size <= 0:
         raise ValueError(f"size must be positive, got {value!r}")
     return size

@@ -6,6 +6,8 @@ priority (the golden image builder uses mmdebstrap's ``standard`` variant for it
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 _COMMON = {
     "standard": None,
     "desktop": "task-desktop",
@@ -36,6 +38,30 @@ DISPLAY_MANAGER = {
     "kde-desktop": "sddm",
     "lxqt-desktop": "sddm",
 }
+
+
+
+
+@dataclass(frozen=True)
+class Session:
+    """A desktop's X session as its display manager names it, and the panel process that shows it is up."""
+
+    name: str  # /usr/share/xsessions/NAME.desktop
+    panel: str  # process name (as pgrep -x sees it)
+
+
+# The desktops whose session imgbuild can start by autologin (lightdm's autologin-session) and prove (the
+# panel running for the user). Only LXDE is booted in the tests; others join once a test boots them.
+SESSIONS = {
+    "lxde-desktop": Session(name="LXDE", panel="lxpanel"),
+}
+
+
+def desktop_session(tasks: list[str]) -> Session | None:
+    for task in tasks:
+        if task in SESSIONS:
+            return SESSIONS[task]
+    return None
 
 
 def tasks_for(release: str) -> dict[str, str | None]:

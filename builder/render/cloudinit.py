@@ -55,7 +55,7 @@ def user_data(recipe: Recipe, inputs: RenderInputs) -> dict[str, Any]:
     }
     # The locale is already generated and the default: golden images are built with it (builder/image)
     # and the installer sets it from the preseed, so cloud-init's locale module has nothing to do.
-    files: list[dict[str, Any]] = [*identity_files(recipe)]
+    files: list[dict[str, Any]] = [*identity_files(recipe), *autologin_files(recipe)]
     if recipe.root.login and inputs.root_hash:
         data["chpasswd"] = {"expire": False, "users": [{"name": "root", "password": inputs.root_hash, "type": "hash"}]}
     if recipe.late_commands:
@@ -89,6 +89,22 @@ def identity_files(recipe: Recipe) -> list[dict[str, Any]]:
                     "datasource_list: [NoCloud, ConfigDrive]\n"},
         {"path": f"/etc/systemd/network/10-imgbuild-{NIC_NAME}.link", "content": link},
     ]
+
+
+AUTOLOGIN_CONF = "/etc/lightdm/lightdm.conf.d/50-imgbuild-autologin.conf"
+
+
+def autologin_files(recipe: Recipe) -> list[dict[str, Any]]:
+    """lightdm starts the recipe's desktop session for ``desktop.autologin`` at boot, without a greeter.
+    cloud-init writes it in its init stage, which systemd orders before systemd-user-sessions and so before
+    the display manager starts."""
+    desktop = recipe.desktop
+    if desktop.autologin is None or desktop.session is None:
+        return []
+    conf = (f"# written by imgbuild: desktop.autologin of recipe {recipe.name}\n"
+            f"[Seat:*]\nautologin-user={desktop.autologin}\nautologin-user-timeout=0\n"
+            f"autologin-session={desktop.session.name}\n")
+    return [{"path": AUTOLOGIN_CONF, "content": conf}]
 
 
 def network_config(recipe: Recipe) -> dict[str, Any]:

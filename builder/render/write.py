@@ -15,6 +15,7 @@ from pathlib import Path
 
 from builder.errors import ImgbuildError
 from builder.fsutil import write_atomic
+from builder.outdir import recipe_dir
 from builder.recipe.model import Recipe
 from builder.recipe.problems import Problem, RecipeInvalid
 from builder.render.cloudinit import render_meta_data, render_network_config, render_user_data
@@ -22,6 +23,7 @@ from builder.render.inputs import HostKey, RenderInputs
 from builder.render.preseed import render_preseed
 from builder.secrets.keys import ensure_keypair
 from builder.secrets.passwords import hash_password, verify_password
+from builder.secrets.redact import remember, url_secrets
 
 SEED_FILES = ("user-data", "meta-data", "network-config")
 HOST_KEY = "ssh_host_ed25519_key"
@@ -38,18 +40,11 @@ class Rendered:
     known_hosts: Path
     host_public_key: str
     admin_key: Path | None  # private key imgbuild logs in with; None: the user's own keys/agent
-    secrets: tuple[str, ...] = field(default=(), repr=False)  # plain passwords, for redaction
-
-    @property
-    def seed_files(self) -> dict[str, Path]:
-        return {name: self.files[name] for name in SEED_FILES}
+    secrets: tuple[str, ...] = field(default=(), repr=False)  # plain passwords and proxy credentials, redacted
 
 
 def recipe_out_dir(out_root: Path, recipe: Recipe) -> Path:
-    path = out_root / recipe.name
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-    return path
+    return recipe_dir(out_root, recipe.name)  # a real directory of ours, 0700; never a symlink followed
 
 
 def resolve_inputs(recipe: Recipe, out_dir: Path,
@@ -62,7 +57,7 @@ def resolve_inputs(recipe: Recipe, out_dir: Path,
         admin_key = pair.private_path
         extra[recipe.admin.name] = (pair.public_line,)
     hashes_path = out_dir / HASHES
-    stored: dict[str, str] = json.loads(hashes_path.read_text()) if hashes_path.exists() else {}
+    stored = _stored_hashes(hashes_path)
     hashes: dict[str, str | None] = {}
     secrets: list[str] = []
     problems: list[Problem] = []
@@ -73,6 +68,12 @@ def resolve_inputs(recipe: Recipe, out_dir: Path,
         if not value:
             problems.append(Problem(recipe.source, 0, field_path,
                                     f"environment variable {var} is not set (it should hold the password)"))
+            return None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # os.environ keeps undecodable bytes as surrogates
+            problems.append(Problem(recipe.source, 0, field_path,
+                                    f"environment variable {var} is not UTF-8 text (passwords are hashed as UTF-8)"))
             return None
         secrets.append(value)
         old = stored.get(account)
@@ -101,6 +102,25 @@ def resolve_inputs(recipe: Recipe, out_dir: Path,
     return inputs, admin_key, tuple(secrets)
 
 
+def _stored_hashes(path: Path) -> dict[str, str]:
+    """password-hashes.json (account -> crypt hash, kept so re-rendering is stable); {} when absent."""
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise _corrupt(path, str(exc)) from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise _corrupt(path, "not a JSON object of account names and hashes")
+    return data
+
+
+def _corrupt(path: Path, why: str) -> ImgbuildError:
+    return ImgbuildError(f"cannot read {path}: {why}",
+                         detail="remove it: the passwords are hashed again on the next render (new salts, so a "
+                                "VM built before is then rebuilt)")
+
+
 def login_material(recipe: Recipe, out_root: Path) -> tuple[Path, Path | None]:
     """known_hosts and the admin private key of an already rendered recipe, without touching them."""
     out_dir = out_root / recipe.name
@@ -119,6 +139,8 @@ def known_hosts_text(recipe: Recipe, public_key: str) -> str:
 def render_recipe(recipe: Recipe, out_root: Path, environ: Mapping[str, str] | None = None) -> Rendered:
     out_dir = recipe_out_dir(out_root, recipe)
     inputs, admin_key, secrets = resolve_inputs(recipe, out_dir, os.environ if environ is None else environ)
+    secrets += url_secrets(recipe.mirror.proxy)
+    remember(*secrets)  # from here on, no output of this process shows them (builder.secrets.redact)
     user_data = render_user_data(recipe, inputs)
     network = render_network_config(recipe)
     contents = {

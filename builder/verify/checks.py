@@ -15,7 +15,9 @@ import requests
 from builder.errors import ImgbuildError
 from builder.progress import NullProgress, Progress
 from builder.recipe.model import Check, Recipe
+from builder.recipe.tasks import Session
 from builder.targets.base import VM, Target
+from builder.verify.desktop import SessionState, probe_command, session_state
 from builder.verify.pngcheck import inspect_png
 from builder.verify.ssh import GuestShell, HostKeyMismatch
 
@@ -204,22 +206,57 @@ class CheckRunner:
             time.sleep(3)
 
     def check_desktop(self, check: Check) -> Outcome:
+        """The display manager active; with ``desktop.autologin`` the user's session itself (logind and its panel,
+        no greeter); then a screenshot of the console that is not blank and has stopped changing."""
         dm = self.recipe.display_manager
-        expected = f"{dm} active and a non-blank screenshot at {self.access.screenshot}"
+        desktop = self.recipe.desktop
+        shot = self.access.screenshot
+        if desktop.autologin and desktop.session:
+            expected = (f"{dm} active; {desktop.autologin}'s {desktop.session.name} session active on the console "
+                        f"with {desktop.session.panel} running and no greeter; a non-blank screenshot at {shot}")
+        else:
+            expected = f"{dm} active and a non-blank screenshot (the greeter: no desktop.autologin) at {shot}"
+        deadline = time.monotonic() + check.timeout
         service = self._service("desktop", dm, expected, check.timeout)
         if not service.ok:
             return service
-        deadline = time.monotonic() + check.timeout
-        seen = "no screenshot"
+        proof = ""
+        if desktop.autologin and desktop.session:
+            state = self._wait_for_session(desktop.autologin, desktop.session, deadline)
+            if not state.ok:
+                return Outcome("desktop", False, expected, f"{dm} active; {state.seen}")
+            proof = f"; {state.seen}"
+        seen, ok = self._settled_screenshot(deadline)
+        if ok and desktop.autologin and desktop.session:
+            state = self._wait_for_session(desktop.autologin, desktop.session, time.monotonic())  # still there?
+            ok, proof = state.ok, f"; {state.seen} (after the screenshot)"
+        return Outcome("desktop", ok, expected, f"{dm} active{proof}; {seen}")
+
+    def _wait_for_session(self, user: str, session: Session, deadline: float) -> SessionState:
+        shell = self._shell(max(1.0, deadline - time.monotonic()))
+        command = probe_command(user, session)
+        while True:
+            state = session_state(shell.run(command).stdout, user, session)
+            if state.ok or time.monotonic() >= deadline:
+                return state
+            time.sleep(3)
+
+    def _settled_screenshot(self, deadline: float) -> tuple[str, bool]:
+        """Screenshots until one is not blank and the same as the one before it (the desktop has finished
+        painting), or the deadline passes: then a non-blank one still counts. (what was seen, ok)."""
+        a = self.access
+        seen, previous, ok = "no screenshot", b"", False
         while True:
             try:
-                path = self.access.target.screenshot(self.access.vm, self.access.screenshot)
-                info = inspect_png(path.read_bytes())
-                seen = f"{dm} active; screenshot {info.width}x{info.height}, {info.colours} colours sampled"
-                if not info.blank:
-                    return Outcome("desktop", True, expected, seen)
+                data = a.target.screenshot(a.vm, a.screenshot).read_bytes()
+                info = inspect_png(data)
+                ok = not info.blank
+                seen = f"screenshot {info.width}x{info.height}, {info.colours} colours sampled"
+                if ok and data == previous:
+                    return seen, True
+                previous = data
             except (ImgbuildError, ValueError, OSError) as exc:
-                seen = f"{dm} active; screenshot failed: {exc}"
+                seen, ok = f"screenshot failed: {exc}", False
             if time.monotonic() >= deadline:
-                return Outcome("desktop", False, expected, seen)
-            time.sleep(5)
+                return (seen + " (still changing)" if ok else seen), ok
+            time.sleep(3)

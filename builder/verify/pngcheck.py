@@ -21,8 +21,30 @@ class PngInfo:
         return self.colours < 2
 
 
+@dataclass(frozen=True)
+class Raster:
+    width: int
+    height: int
+    channels: int  # bytes per pixel: 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA
+    pixels: bytes  # rows top to bottom, unfiltered
+
+
 def inspect_png(data: bytes) -> PngInfo:
     """Parse and fully decode an 8-bit, non-interlaced PNG. Raises ValueError if it is not a valid one."""
+    raster = decode_png(data)
+    bpp, colours = raster.channels, set[bytes]()
+    stride = raster.width * bpp
+    for y in range(raster.height):
+        if len(colours) >= 4096:
+            break
+        line = raster.pixels[y * stride : (y + 1) * stride]
+        for x in range(0, stride, bpp * 7):  # sample every 7th pixel: plenty to tell blank from not
+            colours.add(line[x : x + bpp])
+    return PngInfo(width=raster.width, height=raster.height, colours=len(colours))
+
+
+def decode_png(data: bytes) -> Raster:
+    """The pixels of an 8-bit, non-interlaced PNG. Raises ValueError if it is not a valid one."""
     if not data.startswith(MAGIC):
         raise ValueError("not a PNG (bad signature)")
     pos, idat, header = 8, bytearray(), None
@@ -54,16 +76,14 @@ def inspect_png(data: bytes) -> PngInfo:
     if len(raw) != height * (stride + 1):
         raise ValueError("PNG image data has the wrong size")
     prev = bytearray(stride)
-    colours: set[bytes] = set()
+    out = bytearray()
     for y in range(height):
         ftype = raw[y * (stride + 1)]
         line = bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
         _unfilter(ftype, line, prev, bpp)
-        if len(colours) < 4096:
-            for x in range(0, stride, bpp * 7):  # sample every 7th pixel: plenty to tell blank from not
-                colours.add(bytes(line[x : x + bpp]))
+        out += line
         prev = line
-    return PngInfo(width=width, height=height, colours=len(colours))
+    return Raster(width, height, bpp, bytes(out))
 
 
 def _unfilter(ftype: int, line: bytearray, prev: bytearray, bpp: int) -> None:

@@ -1,10 +1,8 @@
 """`imgbuild make web-server --target sim` for real: a guest boots behind the simulator and is verified.
 
-The simulator runs each VM it starts in QEMU (QemuBackend: the volumes it holds, TCG). The guest's
-address (192.168.1.250, static, from the recipe) is not routable from this machine, so the targets
-file names an SSH jump host (tests/pve/jumphost.py, its host key pinned) whose ``direct-tcpip``
-channels to guest:port end at the simulator's loopback forward for that VM and port: the production
-jump-host code path carries the pipeline's SSH and HTTP checks.
+The simulator runs each VM it starts in QEMU; the guest's address (192.168.1.250, static, from the recipe)
+is reached through an SSH jump host (tests/pve/simboot.py): the production jump-host code path carries the
+pipeline's SSH and HTTP checks.
 """
 
 from __future__ import annotations
@@ -14,58 +12,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.pve.conftest import SECRET_ENV, cli_env, imgbuild, uploads_in, write_targets_file
-from tests.pve.jumphost import JumpServer
-from tests.pvesim.backends import AgentUnavailable
-from tests.pvesim.qemu_backend import QemuBackend
-from tests.pvesim.simulator import PveSimulator
+from tests.pve.conftest import uploads_in
+from tests.pve.simboot import made_on_sim
 
 pytestmark = pytest.mark.boot
-
-
-def guest_route(sim: PveSimulator):  # type: ignore[no-untyped-def]
-    """Where this machine reaches guest *host*:*port*: the simulator's forward of the VM that has *host*."""
-
-    def resolve(host: str, port: int) -> tuple[str, int] | None:
-        for vmid in sim.vm_ids():
-            if not sim.backend.is_running(vmid):
-                continue
-            try:
-                interfaces = sim.backend.agent_interfaces(vmid)
-            except AgentUnavailable:
-                continue
-            addresses = {a.get("ip-address") for i in interfaces for a in i.get("ip-addresses") or []}
-            if host in addresses:
-                try:
-                    return sim.forward(vmid, port)
-                except KeyError:
-                    return None
-        return None
-
-    return resolve
 
 
 @pytest.fixture(scope="module")
 def booted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """One real make on the simulator, shared by this module's tests."""
-    tmp = tmp_path_factory.mktemp("pveboot")
-    sim = PveSimulator(backend=QemuBackend(accel="tcg", guest_ports=(22, 80))).start()
-    try:
-        with JumpServer(guest_route(sim), tmp) as jump:
-            known = tmp / "jump_known_hosts"
-            known.write_text(jump.known_hosts_line())
-            targets = write_targets_file(tmp / "targets.yaml", sim, task_timeout=600, jump_host={
-                "host": "127.0.0.1", "port": jump.port, "user": "jump", "key_file": str(jump.client_key_file),
-                "known_hosts": str(known)})
-            env = cli_env(tmp, IMGBUILD_TARGETS=str(targets), **{SECRET_ENV: sim.token.secret})
-            proc = imgbuild("make", "web-server", "--target", "sim", env=env, timeout=1800)
-            yield {"sim": sim, "jump": jump, "proc": proc, "out": tmp / "out", "env": env}
-            imgbuild("destroy", "web-server", "--target", "sim", env=env, timeout=300)
-    finally:
-        rejected = sim.unexpected_rejections()
-        sim.stop()  # stops QEMU
-        if rejected:
-            pytest.fail("the PVE simulator rejected: " + "; ".join(map(str, rejected)), pytrace=False)
+    with made_on_sim(tmp_path_factory.mktemp("pveboot"), "web-server") as made:
+        yield {"sim": made.sim, "jump": made.jump, "proc": made.proc, "out": made.out, "env": made.env}
 
 
 def test_make_web_server_on_the_simulator_verifies_for_real(booted: dict) -> None:

@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -67,7 +68,7 @@ class QemuBackend(VMBackend):
         from tests.pvesim.schema import ApiSchema
 
         if not self._formats:
-            props = ApiSchema().find("POST", "/nodes/{node}/qemu").properties
+            props = ApiSchema.load().find("POST", "/nodes/{node}/qemu").properties
             self._formats = {k: props[k]["format"] for k in ("net0", "agent", "vga", "memory", "ipconfig0")}
             self._formats["ipconfig0"] = "pve-qm-ipconfig"
         vmdir = self._dir(vmid)
@@ -128,6 +129,9 @@ class QemuBackend(VMBackend):
             forwards=forwards, boot=tuple(order or ["disk", "cdrom"]), agent=agent,
             console_log=str(vmdir / "console.log"), qmp_socket=str(vmdir / "qmp.sock"),
             agent_socket=str(vmdir / "qga.sock"), pidfile=str(vmdir / "qemu.pid"), ovmf_vars=ovmf_vars,
+            # qemu-server QemuServer.pm config_to_command: every display but none/serial gets VNC on a unix
+            # socket, with password authentication (qm vncproxy sets the password)
+            extra=("-vnc", f"unix:{vmdir / 'vnc.sock'},password=on") if display != "none" else (),
         )
 
     def _qmp(self, vmid: int) -> QMPClient:
@@ -216,6 +220,26 @@ class QemuBackend(VMBackend):
     def pid(self, vmid: int) -> int | None:
         info = self.vms.get(vmid)
         return info["pid"] if info and self.is_running(vmid) else None
+
+    def vnc_display(self, vmid: int, password: str) -> socket.socket:
+        """qm.pm ``vncproxy``: set_password (protocol vnc) and expire_password +30 over QMP, then connect to the
+        VNC socket (``run_vnc_proxy`` waits up to 10 s for it to appear)."""
+        if not self.is_running(vmid):
+            raise RuntimeError(f"VM {vmid} not running")
+        with self._qmp(vmid) as qmp:
+            qmp.execute("set_password", {"protocol": "vnc", "password": password})
+            qmp.execute("expire_password", {"protocol": "vnc", "time": "+30"})
+        path = self._dir(vmid) / "vnc.sock"
+        deadline = time.monotonic() + 10
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(path))
+        except OSError as exc:
+            sock.close()
+            raise RuntimeError(f"unable to connect to socket '{path}' - {exc.strerror or exc}") from None
+        return sock
 
     def console_log(self, vmid: int) -> Path:
         return self._dir(vmid) / "console.log"

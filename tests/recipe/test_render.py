@@ -94,6 +94,18 @@ def test_web_server_files(rendered_all: Path) -> None:
     assert meta["local-hostname"] == "web-server" and meta["instance-id"].startswith("iid-imgbuild-")
 
 
+def test_lxde_desktop_logs_admin_in_at_boot(rendered_all: Path) -> None:
+    """desktop.autologin: a lightdm drop-in written by cloud-init (before the display manager starts)."""
+    files = {f["path"]: f["content"] for f in yaml.safe_load((rendered_all / "lxde-desktop" / "user-data").read_text())
+             ["write_files"]}
+    conf = files["/etc/lightdm/lightdm.conf.d/50-imgbuild-autologin.conf"]
+    assert conf.splitlines()[1:] == ["[Seat:*]", "autologin-user=admin", "autologin-user-timeout=0",
+                                     "autologin-session=LXDE"]
+    for name in SHIPPED:  # no other recipe logs anyone in
+        if name != "lxde-desktop":
+            assert "lightdm" not in (rendered_all / name / "user-data").read_text()
+
+
 def test_keys_are_generated_once_pinned_and_private(rendered_all: Path) -> None:
     d = rendered_all / "web-server"
     for secret in ("ssh_host_ed25519_key", "id_ed25519", "user-data", "preseed.cfg"):

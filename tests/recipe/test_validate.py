@@ -103,6 +103,13 @@ def test_validate_json(imgbuild, recipes: Path) -> None:
         ("verify:\n  - check: http\n    path: index.html\n", "is not a URL path starting with /"),
         ("verify:\n  - check: ssh\n    port: 22\n", "not used by a ssh check"),
         ("verify:\n  - check: desktop\n", "needs a desktop task"),
+        ("tasks: [lxde-desktop]\ndesktop:\n  autologin: admn\n",
+         "desktop.autologin: no user 'admn' in users; did you mean 'admin'? (users: admin)"),
+        ("desktop:\n  autologin: admin\n", "desktop.autologin: autologin needs a desktop task"),
+        ("tasks: [xfce-desktop]\ndesktop:\n  autologin: admin\n",
+         "desktop.autologin: autologin is supported for lxde-desktop (lightdm)"),
+        ("tasks: [lxde-desktop, kde-desktop]\ndesktop:\n  autologin: admin\n", "autologin is supported for"),
+        ("desktop:\n  autologn: admin\n", "desktop.autologn: unknown field; did you mean 'autologin'?"),
         ("mirror:\n  proxy: ftp://x\n", "not a proxy URL"),
         ("extends: nowhere\n", "t.yaml:1: extends: recipe 'nowhere' not found"),
         ("a: [1\n", "t.yaml:2: YAML syntax error"),
@@ -151,4 +158,7 @@ def test_resolved_values(recipes: Path) -> None:
     assert web.vm.display == "std" and web.disk.size_bytes == 8 << 30 and web.vm.memory_mib == 2048
     desk = load_recipe("lxde-desktop", recipes)
     assert desk.vm.display == "qxl" and desk.vm.spice
+    assert desk.desktop.autologin == "admin" and desk.desktop.session is not None
+    assert desk.desktop.session.name == "LXDE" and desk.desktop.session.panel == "lxpanel"
+    assert web.desktop.autologin is None and web.desktop.session is None
     assert load_recipe("web-server", recipes).network.mac == web.network.mac  # stable

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from builder.cli.context import Context
 from builder.iso.installer import build_recipe_isos
+from builder.outdir import recipe_lock
 from builder.progress import ConsoleProgress
-from builder.recipe import load_recipe
+from builder.recipe import Recipe, load_recipe
 from builder.render.write import render_recipe
 
 
@@ -30,6 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, ctx.recipes_dir)
+    with recipe_lock(ctx.out_dir, recipe.name, f"build {recipe.name}"):
+        return build(ctx, args, recipe)
+
+
+def build(ctx: Context, args: argparse.Namespace, recipe: Recipe) -> int:
     progress = ConsoleProgress()
     rendered = render_recipe(recipe, ctx.out_dir)
     kernel_args: list[str] = []

@@ -17,6 +17,7 @@ from pathlib import Path
 from builder.cli.context import Context
 from builder.cli.jobs import print_summary, run_job
 from builder.errors import ImgbuildError, InvalidInput
+from builder.outdir import recipe_lock
 from builder.pipeline import specs
 from builder.pipeline.make import (
     Built,
@@ -103,7 +104,7 @@ def clone(recipe: Recipe, name: str, out_root: Path, target: Target, *, ip: str 
         settle(target, vm, built, created=vm is not None, ok=ok, options=options, report=report,
                progress=progress)
 
-    with reported(report, out_dir / "report.json", leave):
+    with recipe_lock(out_root, name, f"clone {name}"), reported(report, out_dir / "report.json", leave):
         with stages.stage("find"):
             source = target.find_vm(recipe.name)
             if source is None:
@@ -112,6 +113,8 @@ def clone(recipe: Recipe, name: str, out_root: Path, target: Target, *, ip: str 
             if target.find_vm(name) is not None:
                 raise ImgbuildError(f"a VM named {name} already exists on {target.name}",
                                     detail=f"remove it with: imgbuild destroy {name}")
+            target.preflight(specs.vm_spec(derived, disk_source=None, cdroms=()), media=("iso",), source=source,
+                             console=any(c.check == "desktop" for c in recipe.verify), progress=progress)
         with stages.stage("render"):
             rendered = render_recipe(derived, out_root)
         with stages.stage("build"):

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from builder.cli.context import Context
-from builder.recipe import check_recipe, list_recipe_files
+from builder.recipe import check_recipe, recipes_in
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
-    for path in list_recipe_files(ctx.recipes_dir):
+    for path in recipes_in(ctx.recipes_dir):
         result = check_recipe(path, ctx.recipes_dir)
         r = result.recipe
         rows.append({

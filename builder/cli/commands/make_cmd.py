@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "By default the verified VM is shut down cleanly; --keep leaves it running. "
                                    "Like make(1), an existing VM built from the same inputs (seed, image, "
                                    "installer, hardware) is not rebuilt: it is started and verified again; "
-                                   "--rebuild makes a new one.")
+                                   "--rebuild makes a new one. A desktop check reads the screen with QEMU's screendump "
+                                   "locally and through the VM's VNC console (vncproxy, needs VM.Console) on Proxmox VE.")
     p.add_argument("recipe", metavar="RECIPE")
     p.add_argument("--method", choices=("image", "installer"),
                    help="override the recipe's install.method (image: golden image + cloud-init; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from builder.cli.context import Context
+from builder.outdir import recipe_lock
 from builder.recipe import load_recipe
 from builder.render.write import render_recipe
 
@@ -21,7 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(ctx: Context, args: argparse.Namespace) -> int:
     results = []
     for ref in args.recipes:
-        rendered = render_recipe(load_recipe(ref, ctx.recipes_dir), ctx.out_dir)
+        recipe = load_recipe(ref, ctx.recipes_dir)
+        with recipe_lock(ctx.out_dir, recipe.name, f"render {recipe.name}"):
+            rendered = render_recipe(recipe, ctx.out_dir)
         results.append({"recipe": rendered.recipe.name, "out_dir": str(rendered.out_dir),
                         "files": {k: str(v) for k, v in rendered.files.items()},
                         "changed": list(rendered.changed)})

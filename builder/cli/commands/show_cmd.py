@@ -7,6 +7,7 @@ import argparse
 from builder.cli.context import Context
 from builder.recipe import load_recipe
 from builder.render.yamlout import dump_yaml
+from builder.secrets.redact import redact
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,5 +23,5 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     data = recipe.resolved()
     ctx.out.data(data)
     if not ctx.out.as_json:
-        ctx.out.stream.write(dump_yaml(data, header=f"# {recipe.name}: resolved from {recipe.source}\n"))
+        ctx.out.stream.write(redact(dump_yaml(data, header=f"# {recipe.name}: resolved from {recipe.source}\n")))
     return 0

@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from builder.cli.context import Context
-from builder.recipe import check_recipe, find_recipe, list_recipe_files
+from builder.errors import InvalidInput
+from builder.recipe import check_recipe, find_recipe, recipes_in
 from builder.recipe.problems import RecipeInvalid
 
 
@@ -32,7 +33,9 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
             if not ctx.out.as_json:
                 print(exc.problems[0].format(), file=sys.stderr)
     if not args.recipes:
-        paths = list_recipe_files(ctx.recipes_dir)
+        paths = recipes_in(ctx.recipes_dir)
+        if not paths:  # validating nothing must not pass (a typo in CI)
+            raise InvalidInput(f"no recipes (*.yaml, *.yml) in {ctx.recipes_dir}: nothing to validate")
     for path in paths:
         result = check_recipe(path, ctx.recipes_dir)
         problems = sorted(result.problems, key=lambda p: (str(p.file), p.line))

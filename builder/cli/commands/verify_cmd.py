@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("verify", help="run a recipe's checks against its running VM",
                        description="Find RECIPE's VM on the target, read its address from the guest agent and run "
                                    "the recipe's checks. A stopped VM is started for the checks and shut down again "
-                                   "afterwards (unless --keep).")
+                                   "afterwards (unless --keep). A desktop check reads the screen with QEMU's screendump "
+                                   "locally and through the VM's VNC console (vncproxy, needs VM.Console) on Proxmox VE.")
     p.add_argument("recipe", metavar="RECIPE")
     p.add_argument("--keep", action="store_true", help="leave the VM running if verify had to start it")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
+from builder.png import is_png, rgb_png
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def is_png(data: bytes) -> bool:
-    return data.startswith(PNG_MAGIC) and b"IEND" in data[-16:]
-
-
-def _chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+__all__ = ["is_png", "ppm_to_png"]
 
 
 def ppm_to_png(ppm: bytes) -> bytes:
@@ -39,6 +30,4 @@ def ppm_to_png(ppm: bytes) -> bytes:
     raster = ppm[pos : pos + stride * height]
     if len(raster) != stride * height:
         raise ValueError("truncated PPM")
-    rows = b"".join(b"\x00" + raster[y * stride : (y + 1) * stride] for y in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return PNG_MAGIC + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows, 6)) + _chunk(b"IEND", b"")
+    return rgb_png(width, height, raster)

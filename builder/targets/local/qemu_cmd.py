@@ -37,8 +37,8 @@ class Layout:
     cdroms: tuple[str | None, ...]  # paths of inserted ISOs by slot
     macs: tuple[str, ...]
     nic_models: tuple[str, ...]
-    slirp: SlirpNet
-    forwards: dict[int, int]  # guest port -> loopback port (first NIC)
+    slirp: SlirpNet | None  # user networking, or None with taps
+    forwards: dict[int, int]  # guest port -> loopback port (first NIC; user networking only)
     boot: tuple[str, ...]
     agent: bool
     console_log: str
@@ -48,6 +48,8 @@ class Layout:
     ovmf_vars: str | None = None
     extra: tuple[str, ...] = field(default=())
     tcg_threads: str = "single"  # "single" | "multi" (see accel.py: why single on QEMU < 8.1)
+    taps: tuple[str, ...] = ()  # target lab: an existing-or-new tap device per NIC instead of user networking
+    netns: str | None = None  # target lab: QEMU runs in this network namespace (where the taps are)
 
 
 def boot_indexes(boot: tuple[str, ...], n_disks: int, n_cdroms: int) -> tuple[list[int | None], list[int | None]]:
@@ -76,8 +78,9 @@ def qemu_argv(layout: Layout, qemu: str = "qemu-system-x86_64") -> list[str]:
     if lay.tcg_threads not in ("single", "multi"):
         raise InvalidInput(f"TCG thread mode {lay.tcg_threads!r} is not 'single' or 'multi'")
     accel = "kvm" if lay.accel == "kvm" else f"tcg,thread={lay.tcg_threads}"
+    wrapper = ["ip", "netns", "exec", lay.netns] if lay.netns else []
     argv = [
-        qemu,
+        *wrapper, qemu,
         "-name", f"{lay.name},process=imgbuild-{lay.name}",
         "-nodefaults", "-no-user-config",
         "-machine", "q35",
@@ -126,11 +129,13 @@ def qemu_argv(layout: Layout, qemu: str = "qemu-system-x86_64") -> list[str]:
             dev += f",bootindex={cd_idx[i]}"
         argv += ["-drive", drive, "-device", dev]
     for i, (mac, model) in enumerate(zip(lay.macs, lay.nic_models, strict=True)):
-        forwards = lay.forwards if i == 0 else {}
-        argv += [
-            "-netdev", f"user,id=net{i},{lay.slirp.netdev_options(forwards)}",
-            "-device", f"{NIC_MODELS[model]},netdev=net{i},mac={mac},id=nic{i}",
-        ]  # fmt: skip
+        if lay.taps:  # QEMU makes the tap and removes it when it exits, whatever way it exits
+            netdev = f"tap,id=net{i},ifname={lay.taps[i]},script=no,downscript=no"
+        elif lay.slirp is not None:
+            netdev = f"user,id=net{i},{lay.slirp.netdev_options(lay.forwards if i == 0 else {})}"
+        else:
+            raise InvalidInput("a NIC needs user networking or a tap")
+        argv += ["-netdev", netdev, "-device", f"{NIC_MODELS[model]},netdev=net{i},mac={mac},id=nic{i}"]
     if lay.agent:
         argv += [
             "-chardev", f"socket,id=qga0,path={lay.agent_socket},server=on,wait=off",

@@ -37,6 +37,27 @@ class ExtraForward:
     host_port: int
 
 
+@dataclass(frozen=True)
+class LabForward:
+    """A loopback forward into a lab (builder/lab/forward.py): its own process, in the lab's node namespace."""
+
+    address: str
+    port: int
+    host_port: int
+    pid: int
+
+
+@dataclass
+class LabNics:
+    """Target ``lab``: the VM's NICs are taps in bridges of lab *lab*, and QEMU runs in its node namespace."""
+
+    lab: str
+    netns: str
+    bridges: list[str]  # by NIC: the bridge the recipe names (network.bridge)
+    vlans: list[int | None]
+    forwards: list[LabForward] = field(default_factory=list)
+
+
 @dataclass
 class VMState:
     # what the VM is (fixed at creation)
@@ -49,7 +70,7 @@ class VMState:
     disks: list[DiskState]
     macs: list[str]
     nic_models: list[str]
-    slirp: SlirpNet
+    slirp: SlirpNet | None  # target local: QEMU's user networking (None on the lab target)
     guest_ports: list[int]
     agent: bool
     console_log: str
@@ -70,6 +91,7 @@ class VMState:
     console_offset: int = 0  # where this boot's output starts in the (appended) console log
     forwards: dict[int, int] = field(default_factory=dict)  # guest port -> loopback port
     extra_forwards: list[ExtraForward] = field(default_factory=list)
+    lab: LabNics | None = None  # target lab: taps in a lab's bridges instead of user networking
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -87,7 +109,7 @@ def load_state(vmdir: Path, socket_dirs: tuple[Path, ...] = ()) -> VMState | Non
     path = vmdir / STATE_FILE
     try:
         data = json.loads(path.read_bytes())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except (OSError, ValueError) as exc:  # ValueError covers bad JSON and bad UTF-8
         raise BrokenState(f"cannot read VM state {path}: {exc}") from exc
@@ -187,7 +209,8 @@ def _port(value: Any, where: str) -> int:
 
 
 def _parse(f: _Fields) -> VMState:
-    slirp = f.obj("slirp")
+    slirp = f.obj("slirp", optional=True)
+    lab = f.obj("lab", optional=True)
     forwards = f.obj("forwards", optional=True)
     state = VMState(
         name=f.text("name"),
@@ -199,7 +222,7 @@ def _parse(f: _Fields) -> VMState:
         disks=[DiskState(d.text("path"), d.text("bus"), d.text("cache")) for d in f.objs("disks")],
         macs=f.texts("macs"),
         nic_models=f.texts("nic_models"),
-        slirp=SlirpNet(slirp.text("net"), slirp.text("host"), slirp.text("dns"), slirp.text("guest")),
+        slirp=SlirpNet(slirp.text("net"), slirp.text("host"), slirp.text("dns"), slirp.text("guest")) if slirp.data else None,
         guest_ports=f.numbers("guest_ports"),
         agent=f.flag("agent"),
         console_log=f.text("console_log"),
@@ -220,12 +243,27 @@ def _parse(f: _Fields) -> VMState:
         extra_forwards=[ExtraForward(x.text("address"), _port(x.number("port"), "extra_forwards.port"),
                                      _port(x.number("host_port"), "extra_forwards.host_port"))
                         for x in f.objs("extra_forwards", optional=True)],
+        lab=_lab_nics(lab) if lab.data else None,
     )
+    if (state.slirp is None) == (state.lab is None):
+        raise _Bad("a VM's NICs are on user networking (field slirp) or in a lab (field lab): exactly one of them")
     if len(state.nic_models) != len(state.macs):
         raise _Bad(f"{len(state.macs)} MAC address(es) but {len(state.nic_models)} NIC model(s)")
     if not state.macs:
         raise _Bad("field macs is empty (the local target needs a NIC)")
+    if state.lab is not None and not len(state.lab.bridges) == len(state.lab.vlans) == len(state.macs):
+        raise _Bad(f"{len(state.macs)} NIC(s) but {len(state.lab.bridges)} lab bridge(s), {len(state.lab.vlans)} VLAN(s)")
     return state
+
+
+def _lab_nics(f: _Fields) -> LabNics:
+    vlans = f.array("vlans")
+    if not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in vlans):
+        raise _Bad("field lab.vlans must hold VLAN ids or null")
+    return LabNics(lab=f.text("lab"), netns=f.text("netns"), bridges=f.texts("bridges"), vlans=vlans,
+                   forwards=[LabForward(x.text("address"), _port(x.number("port"), "lab.forwards.port"),
+                                        _port(x.number("host_port"), "lab.forwards.host_port"), x.number("pid"))
+                             for x in f.objs("forwards", optional=True)])
 
 
 def _check_paths(state: VMState, vmdir: Path, socket_dirs: tuple[Path, ...]) -> None:

@@ -4,7 +4,8 @@ A VM named N lives in ``OUT/N/``: its serial console in ``OUT/N/console.log`` an
 (disks, OVMF variables, QMP and guest-agent sockets, state.json) in ``OUT/N/vm/``. QEMU runs detached
 (``-daemonize``: its own session), so a kept VM survives imgbuild; ``find_vm`` reattaches from the
 state file. Networking is user-mode with a subnet that matches the recipe; guest ports are forwarded
-from loopback ports only.
+from loopback ports only. The same target named ``lab`` puts the NICs on taps in a lab's bridges instead
+(lab_nics.py); each VM's record says which network it has, so any command finds its way to it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -24,21 +24,23 @@ from pathlib import Path
 from builder import qcow2
 from builder.cachedir import cache_dir, cached_sha256
 from builder.errors import CommandFailed, GuestCrashed, ImgbuildError, InvalidInput
-from builder.fsutil import write_atomic
+from builder.fsutil import part_path, sweep_parts, write_atomic
 from builder.proc import require_tool, run
 from builder.progress import NullProgress, Progress
 from builder.targets.base import VM, ArtifactKind, Endpoint, GuestNetwork, Staged, Target, VMSpec
 from builder.targets.console import panic_since
-from builder.targets.local import png
+from builder.targets.local import lab_nics, png
 from builder.targets.local.accel import ACCEL_CHOICES, choose_accel, qemu_version, tcg_threads
 from builder.targets.local.agent import GuestAgent, usable_addresses
-from builder.targets.local.network import free_loopback_ports, slirp_for
+from builder.targets.local.network import SlirpNet, free_loopback_ports, slirp_for
 from builder.targets.local.prune import unused_staged_images
 from builder.targets.local.qemu_cmd import OVMF_CODE, OVMF_VARS, DiskState, Layout, boot_indexes, qemu_argv
 from builder.targets.local.qmp import QMPClient, QMPError
+from builder.targets.local.rundir import ensure_private, socket_dir
 from builder.targets.local.state import (
     BrokenState,
     ExtraForward,
+    LabNics,
     VMState,
     load_state,
     o_direct_supported,
@@ -48,7 +50,6 @@ from builder.targets.local.state import (
 )
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes
 # Seconds an unused staged *copy* is kept (another make may be about to create a VM on it). Only copies need
 # it: where the image cache shares the out dir's filesystem, staging hard-links, and a staged image that is
 # the only name of its bytes is an old image for certain.
@@ -71,12 +72,16 @@ class LocalVM(VM):
 class LocalTarget(Target):
     name = "local"
 
-    def __init__(self, out_root: Path, *, accel: str = "auto") -> None:
+    def __init__(self, out_root: Path, *, accel: str = "auto", lab: str | None = None) -> None:
+        """*lab*: the target ``lab``: new VMs get their NICs in that lab's bridges instead of user networking."""
         if accel not in ACCEL_CHOICES:
             raise InvalidInput(f"accel {accel!r} is not one of {', '.join(ACCEL_CHOICES)}")
         self.out_root = Path(out_root).resolve()
         self.accel = accel
         self.qemu = "qemu-system-x86_64"
+        self.lab = lab
+        if lab is not None:
+            self.name = "lab"
 
     # --- paths ---------------------------------------------------------------------------------
     def vm_dir(self, name: str) -> Path:
@@ -96,24 +101,31 @@ class LocalTarget(Target):
             raise ImgbuildError(f"cannot stage {path}: no such file")
         digest = cached_sha256(path)
         size = path.stat().st_size
-        safe = re.sub(r"[^A-Za-z0-9._-]", "_", label)[:60] or kind
-        suffix = ".iso" if kind == "iso" else ".qcow2"
-        if safe.endswith(suffix):
-            safe = safe[: -len(suffix)]
-        dest = self.staging_dir / f"{digest[:16]}-{safe}{suffix}"
+        dest = self.staging_dir / _staged_name(digest, label, kind)
         if dest.exists() and dest.stat().st_size == size:
             return Staged(kind, str(dest), digest, size, uploaded=False)
         self.staging_dir.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.part")
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(path, tmp)
-        except OSError:
-            progress.step(f"staging {path.name} (copy)")
-            shutil.copyfile(path, tmp)
-            os.chmod(tmp, 0o444 if kind == "image" else 0o600)
-        os.replace(tmp, dest)
+        sweep_parts(self.staging_dir)  # copies a killed run left half-made
+        with part_path(dest, mode=0o444 if kind == "image" else 0o600) as tmp:
+            try:
+                tmp.unlink()
+                os.link(path, tmp)  # the same bytes under another name, renamed into place at once
+            except OSError:
+                progress.step(f"staging {path.name} (copy)")
+                shutil.copyfile(path, tmp)
+                os.chmod(tmp, 0o444 if kind == "image" else 0o600)
+            os.replace(tmp, dest)
         return Staged(kind, str(dest), digest, size, uploaded=True)
+
+    def staged_copy(self, path: Path, kind: ArtifactKind, *, label: str) -> Staged | None:
+        path = Path(path)
+        if not path.is_file():
+            return None
+        digest = cached_sha256(path)
+        dest = self.staging_dir / _staged_name(digest, label, kind)
+        if dest.is_file() and dest.stat().st_size == path.stat().st_size:
+            return Staged(kind, str(dest), digest, dest.stat().st_size, uploaded=False)
+        return None
 
     def unstage(self, staged: Staged) -> None:
         ref = Path(staged.ref)
@@ -127,7 +139,8 @@ class LocalTarget(Target):
         vmdir = self.vm_dir(spec.name)
         if not spec.nics:
             raise InvalidInput(f"VM {spec.name} has no NIC; the local target needs one for user-mode networking")
-        slirp = slirp_for(spec.network)
+        slirp = slirp_for(spec.network) if self.lab is None else None
+        nics = lab_nics.lab_nics(self.lab, spec) if self.lab is not None else None
         old = self._load(vmdir) if vmdir.exists() else None
         if old is not None:
             existing = self._vm(spec.name, old)
@@ -143,7 +156,16 @@ class LocalTarget(Target):
             shutil.rmtree(vmdir)
         vmdir.mkdir(parents=True)
         os.chmod(vmdir, 0o700)
+        try:
+            state = self._create_in(vmdir, spec, slirp, nics, progress)
+        except BaseException:  # a failed or interrupted create leaves no half-made VM (no QEMU runs yet)
+            shutil.rmtree(vmdir, ignore_errors=True)
+            raise
+        self._prune_staged_images(progress)
+        return self._vm(spec.name, state)
 
+    def _create_in(self, vmdir: Path, spec: VMSpec, slirp: SlirpNet | None, nics: LabNics | None,
+                   progress: Progress) -> VMState:
         disks = []
         for i, disk in enumerate(spec.disks):
             path = vmdir / f"disk{i}.qcow2"
@@ -181,17 +203,17 @@ class LocalTarget(Target):
             macs=[n.mac or derive_mac(spec.name, i) for i, n in enumerate(spec.nics)],
             nic_models=[n.model for n in spec.nics],
             slirp=slirp,
+            lab=nics,
             guest_ports=list(spec.guest_ports),
             boot=list(spec.boot),
             agent=spec.agent,
             ovmf_vars=ovmf_vars,
             console_log=str(console),
-            sockdir=str(_socket_dir(vmdir)),
+            sockdir=str(socket_dir(vmdir)),
             inputs=spec.inputs,
         )
         save_state(vmdir, state)
-        self._prune_staged_images(progress)
-        return self._vm(spec.name, state)
+        return state
 
     def find_vm(self, name: str) -> VM | None:
         """The VM called *name*; one whose state.json is unusable comes back ``broken`` (destroy removes it)."""
@@ -202,7 +224,8 @@ class LocalTarget(Target):
         return self._vm(name, state) if state is not None else None
 
     def list_vms(self) -> list[VM]:
-        return list(self._local_vms())
+        """This target's VMs: on user networking for ``local``, in a lab for ``lab`` (and broken ones on both)."""
+        return [vm for vm in self._local_vms() if vm.state is None or (vm.state.lab is None) == (self.lab is None)]
 
     def _local_vms(self) -> list[LocalVM]:
         vms = []
@@ -224,15 +247,17 @@ class LocalTarget(Target):
             progress.note(f"using TCG (software emulation): {verdict.reason}")
         if verdict.accel == "tcg":
             progress.note(f"TCG {verdict.tcg_threads}-threaded: {verdict.threads_reason}")
-        sockdir = Path(state.sockdir)
-        sockdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        sockdir = ensure_private(Path(state.sockdir))
         vmdir = self.vm_dir(vm.name)
         console = Path(state.console_log)
         console_offset = console.stat().st_size if console.exists() else 0
         last_error: CommandFailed | None = None
+        if state.lab is not None:
+            lab_nics.stop_forwards(state.lab)  # a forward left by a QEMU that died on its own
+            lab_nics.check_bridges(state.lab)
         for _attempt in range(3):  # a forward port taken between choosing and binding: choose again
-            ports = free_loopback_ports(len(state.guest_ports))
-            state.forwards = dict(zip(state.guest_ports, ports, strict=True))
+            ports = free_loopback_ports(len(state.guest_ports)) if state.lab is None else []
+            state.forwards = dict(zip(state.guest_ports, ports, strict=False))
             state.extra_forwards = []
             state.accel = verdict.accel
             state.tcg_threads = verdict.tcg_threads
@@ -254,6 +279,12 @@ class LocalTarget(Target):
             state.console_offset = console_offset  # what this boot writes to the (appended) console log
             self._save(vm, state)
             self._qmp(vm, wait=10).close()  # answers: the VM is up
+            if state.lab is not None:
+                try:
+                    lab_nics.plug_all(vm.name, state.lab)
+                except BaseException:
+                    self.stop(vm)
+                    raise
             return
         assert last_error is not None
         raise ImgbuildError(
@@ -262,8 +293,18 @@ class LocalTarget(Target):
         )
 
     def is_running(self, vm: VM) -> bool:
+        return self._pid(vm) is not None
+
+    def _pid(self, vm: VM) -> int | None:
+        """The VM's live QEMU process: the recorded pid, else QEMU's own pid file (an imgbuild interrupted
+        while QEMU daemonized never recorded it). The QMP socket path on the command line guards against
+        a reused pid."""
         state = self._state(vm)
-        return process_alive(state.pid, str(Path(state.sockdir) / "qmp.sock"))
+        marker = str(Path(state.sockdir) / "qmp.sock")
+        for pid in (state.pid, read_pidfile(self.vm_dir(vm.name) / "qemu.pid")):
+            if process_alive(pid, marker):
+                return pid
+        return None
 
     def wait_stopped(self, vm: VM, timeout: float, *, progress: Progress = NullProgress()) -> None:
         start = time.monotonic()
@@ -302,8 +343,8 @@ class LocalTarget(Target):
             self._mark_stopped(vm)
 
     def stop(self, vm: VM) -> None:
-        pid = self._state(vm).pid
-        if self.is_running(vm):
+        pid = self._pid(vm)
+        if pid is not None:
             try:
                 with self._qmp(vm) as qmp:
                     qmp.execute("quit")
@@ -350,7 +391,19 @@ class LocalTarget(Target):
         if sockdir != vmdir and sockdir.exists():
             shutil.rmtree(sockdir, ignore_errors=True)
         shutil.rmtree(vmdir)
+        self._remove_staged_seeds(vm.name)
         self._prune_staged_images()
+
+    def _remove_staged_seeds(self, name: str) -> None:
+        """A VM's seed ISO holds its private host key: when the VM goes, its staged seeds go, whether still
+        in a drive or left staged by a run that ended before attaching or forgetting it."""
+        if not self.staging_dir.is_dir():
+            return
+        pattern = re.compile(r"[0-9a-f]{16}-" + re.escape(_safe_label(f"{name}-seed", "iso")) + r"\.iso")
+        in_use = {c for vm in self._local_vms() if vm.state is not None for c in vm.state.cdroms if c}
+        for iso in self.staging_dir.glob("*.iso"):
+            if pattern.fullmatch(iso.name) and str(iso) not in in_use:
+                iso.unlink(missing_ok=True)
 
     def _destroy_broken(self, name: str) -> None:
         """Remove a VM whose state.json is unusable: its QEMU (found from the pid file, whose path is on
@@ -374,10 +427,11 @@ class LocalTarget(Target):
                 time.sleep(0.1)
         if process_alive(pid, str(pidfile)):
             raise ImgbuildError(f"QEMU process {pid} of {name} does not die")
-        sockdir = _socket_dir(vmdir)
+        sockdir = socket_dir(vmdir)
         if sockdir != vmdir:
             shutil.rmtree(sockdir, ignore_errors=True)
         shutil.rmtree(vmdir)
+        self._remove_staged_seeds(name)
         self._prune_staged_images()
 
     def _prune_staged_images(self, progress: Progress = NullProgress()) -> None:
@@ -399,6 +453,8 @@ class LocalTarget(Target):
         state = self._state(vm)
         if not 0 <= slot < len(state.cdroms):
             raise InvalidInput(f"{vm.name} has {len(state.cdroms)} CD-ROM drive(s); no slot {slot}")
+        if state.cdroms[slot] == (staged.ref if staged else None):
+            return
         if self.is_running(vm):
             with self._qmp(vm) as qmp:
                 if staged is None:
@@ -454,7 +510,15 @@ class LocalTarget(Target):
 
     def endpoint(self, vm: VM, guest_address: str, port: int) -> Endpoint:
         state = self._state(vm)
+        if state.lab is not None:
+            if not self.is_running(vm):
+                raise ImgbuildError(f"{vm.name} is not running: no forward to {guest_address}:{port}")
+            endpoint, changed = lab_nics.forward(state.lab, guest_address, port)
+            if changed:
+                self._save(vm, state)
+            return endpoint
         slirp = state.slirp
+        assert slirp is not None
         if guest_address == slirp.guest and port in state.forwards:
             return Endpoint("127.0.0.1", state.forwards[port], f"loopback forward to {slirp.guest}:{port}")
         for fwd in state.extra_forwards:
@@ -476,26 +540,20 @@ class LocalTarget(Target):
         dest.parent.mkdir(parents=True, exist_ok=True)
         if not self.is_running(vm):
             raise ImgbuildError(f"{vm.name} is not running: no screen to capture")
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            with self._qmp(vm) as qmp:
-                try:
-                    qmp.execute("screendump", {"filename": str(tmp), "format": "png"}, timeout=30)
-                    data = tmp.read_bytes()
-                except QMPError as exc:
-                    if "format" not in exc.desc:
-                        raise
-                    qmp.execute("screendump", {"filename": str(tmp)}, timeout=30)  # PPM on QEMU < 7.1
-                    data = png.ppm_to_png(tmp.read_bytes())
-                    tmp.write_bytes(data)
+        with part_path(dest, mode=0o644) as tmp, self._qmp(vm) as qmp:
+            try:
+                qmp.execute("screendump", {"filename": str(tmp), "format": "png"}, timeout=30)
+                data = tmp.read_bytes()
+            except QMPError as exc:
+                if "format" not in exc.desc:
+                    raise
+                qmp.execute("screendump", {"filename": str(tmp)}, timeout=30)  # PPM on QEMU < 7.1
+                data = png.ppm_to_png(tmp.read_bytes())
+                tmp.write_bytes(data)
             if not png.is_png(data):
                 raise ImgbuildError(f"QEMU's screendump of {vm.name} is not a PNG")
             os.chmod(tmp, 0o644)
             os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
         return dest
 
     def console_log(self, vm: VM) -> Path | None:
@@ -559,9 +617,10 @@ class LocalTarget(Target):
             guest_ports=list(src.guest_ports),
             ovmf_vars=ovmf_vars,
             console_log=str(console),
-            sockdir=str(_socket_dir(vmdir)),
+            sockdir=str(socket_dir(vmdir)),
             forwards={},
             extra_forwards=[],
+            lab=replace(src.lab, forwards=[]) if src.lab is not None else None,
             pid=None,
             accel=None,
             tcg_threads=None,
@@ -578,15 +637,16 @@ class LocalTarget(Target):
 
     # --- installer -----------------------------------------------------------------------------
     def installer_log_host(self, network: GuestNetwork) -> str | None:
-        """slirp's router address: UDP sent there arrives on 127.0.0.1 of this machine."""
-        return slirp_for(network).host
+        """slirp's router address: UDP sent there arrives on 127.0.0.1 of this machine. A lab guest cannot reach
+        this machine at all (None: the installer runs without its syslog)."""
+        return slirp_for(network).host if self.lab is None else None
 
     # --- internals -----------------------------------------------------------------------------
     def _vm(self, name: str, state: VMState) -> LocalVM:
         return LocalVM(name=name, target=self.name, ident=str(self.vm_dir(name)), state=state)
 
     def _load(self, vmdir: Path) -> VMState | None:
-        return load_state(vmdir, socket_dirs=(_socket_dir(vmdir),))
+        return load_state(vmdir, socket_dirs=(socket_dir(vmdir),))
 
     def _state(self, vm: VM) -> VMState:
         if isinstance(vm, LocalVM) and vm.state is not None:
@@ -606,14 +666,18 @@ class LocalTarget(Target):
         save_state(self.vm_dir(vm.name), state)
 
     def built_from(self, vm: VM) -> str | None:
-        return None if vm.broken else self._state(vm).inputs or None
+        """The VM's inputs, or None when it is on the other network (``local`` vs ``lab``): make replaces it."""
+        if vm.broken or (self._state(vm).lab is None) != (self.lab is None):
+            return None
+        return self._state(vm).inputs or None
 
     def is_template(self, vm: VM) -> bool:
         return not vm.broken and self._state(vm).template
 
     def _mark_stopped(self, vm: VM) -> None:
         state = self._state(vm)
-        if state.pid is not None:
+        forwards = state.lab is not None and lab_nics.stop_forwards(state.lab)
+        if state.pid is not None or forwards:
             state.pid = None
             self._save(vm, state)
 
@@ -635,6 +699,8 @@ class LocalTarget(Target):
             nic_models=tuple(state.nic_models),
             slirp=state.slirp,
             forwards=dict(state.forwards),
+            taps=lab_nics.taps(name, state.lab) if state.lab is not None else (),
+            netns=state.lab.netns if state.lab is not None else None,
             boot=tuple(state.boot),
             agent=state.agent,
             console_log=state.console_log,
@@ -686,12 +752,15 @@ def _cpu_for(cpu: str, accel: str | None) -> str:
     return "max" if cpu == "host" and accel != "kvm" else cpu
 
 
-def _socket_dir(vmdir: Path) -> Path:
-    """The VM directory, or a short directory under /tmp when socket paths would not fit in sun_path."""
-    if len(str(vmdir / "qmp.sock")) <= MAX_SOCKET_PATH:
-        return vmdir
-    digest = hashlib.sha256(str(vmdir).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"imgbuild-{digest}"
+def _safe_label(label: str, kind: ArtifactKind) -> str:
+    suffix = ".iso" if kind == "iso" else ".qcow2"
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", label)[:60] or kind
+    return safe[: -len(suffix)] if safe.endswith(suffix) else safe
+
+
+def _staged_name(digest: str, label: str, kind: ArtifactKind) -> str:
+    """``<sha256[:16]>-<label>.iso|.qcow2``: content-addressed, and the label says whose it is."""
+    return f"{digest[:16]}-{_safe_label(label, kind)}{'.iso' if kind == 'iso' else '.qcow2'}"
 
 
 def _virtual_size(image: Path) -> int:

@@ -17,6 +17,8 @@ Booleans are sent as 0/1 (PVE refuses "True"); None values are dropped.
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,12 +26,13 @@ from typing import Any
 from urllib.parse import quote
 
 import requests
+import urllib3
 from proxmoxer import ProxmoxAPI
 from proxmoxer.core import ResourceException
 
 from builder.errors import ImgbuildError
 from builder.targets.pve.config import PveConfig
-from builder.targets.pve.tls import PinningAdapter, TlsPolicy, TransferAdapter
+from builder.targets.pve.tls import PinningAdapter, TlsPolicy, TransferAdapter, connect_verified
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +127,7 @@ class PveClient:
         session.headers["User-Agent"] = "imgbuild"
 
     # --- plain calls -----------------------------------------------------------------------------
-    def get(self, path: str, *, retry: bool = True, **params: Any) -> Any:
+    def get(self, path: str, /, *, retry: bool = True, **params: Any) -> Any:
         attempts = GET_ATTEMPTS if retry else 1
         for attempt in range(attempts):
             try:
@@ -137,13 +140,13 @@ class PveClient:
                 self._sleep(delay)
         raise AssertionError("unreachable")
 
-    def post(self, path: str, **data: Any) -> Any:
+    def post(self, path: str, /, **data: Any) -> Any:
         return self._call("POST", path, data)
 
-    def put(self, path: str, **data: Any) -> Any:
+    def put(self, path: str, /, **data: Any) -> Any:
         return self._call("PUT", path, data)
 
-    def delete(self, path: str, **params: Any) -> Any:
+    def delete(self, path: str, /, **params: Any) -> Any:
         return self._call("DELETE", path, params)
 
     def _resource(self, path: str) -> Any:
@@ -283,10 +286,38 @@ class PveClient:
     def url(self, path: str) -> str:
         return f"{self.api_url}/{path.lstrip('/')}"
 
+    # --- connections that leave HTTP (the console's WebSocket) ----------------------------------------
+    def authorization(self) -> str:
+        return token_authorization(self.config.token_id, self.config.token_secret)
+
+    def tls_socket(self, path: str, *, timeout: float) -> socket.socket:
+        """A TLS connection to the node for a request to *path* that upgrades to another protocol, verified
+        exactly as this client's API calls are (same CA, $REQUESTS_CA_BUNDLE, pin or --insecure); failures
+        become the same PveErrors."""
+        # what requests does with a per-request verify= (proxmoxer's way): $REQUESTS_CA_BUNDLE replaces True
+        verify = requests.Session().merge_environment_settings(self.config.url, {}, None, self.tls.verify,
+                                                               None)["verify"]
+        try:
+            return connect_verified(self.config.host, self.config.port, verify=True if verify is None else verify,
+                                    fingerprint=self.tls.fingerprint, timeout=timeout)
+        except (ssl.SSLError, urllib3.exceptions.SSLError) as exc:
+            raise self.transport_error("GET", path, requests.exceptions.SSLError(str(exc))) from None
+        except urllib3.exceptions.NewConnectionError as exc:  # (a subclass of ConnectTimeoutError)
+            raise self.transport_error("GET", path, requests.exceptions.ConnectionError(str(exc))) from None
+        except (urllib3.exceptions.ConnectTimeoutError, TimeoutError) as exc:
+            raise self.transport_error("GET", path, requests.exceptions.ConnectTimeout(str(exc))) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self.transport_error("GET", path, requests.exceptions.ConnectionError(str(exc))) from None
+
+
+def token_authorization(token_id: str, secret: str) -> str:
+    """The Authorization header value of an API token (what proxmoxer sends)."""
+    return f"PVEAPIToken={token_id}={secret}"
+
 
 class _TokenAuth(requests.auth.AuthBase):
     def __init__(self, token_id: str, secret: str) -> None:
-        self._header = f"PVEAPIToken={token_id}={secret}"
+        self._header = token_authorization(token_id, secret)
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         request.headers["Authorization"] = self._header

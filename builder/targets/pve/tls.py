@@ -13,11 +13,14 @@ with the short timeout and then writes with a generous one, in large blocks.
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from requests.adapters import HTTPAdapter
+from requests.utils import DEFAULT_CA_BUNDLE_PATH
 from urllib3.connection import HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
@@ -98,3 +101,25 @@ class TransferAdapter(PinningAdapter):
         state = super().__getstate__()
         state["write_timeout"] = self.write_timeout
         return state
+
+
+def connect_verified(host: str, port: int, *, verify: bool | str, fingerprint: str | None,
+                     timeout: float) -> socket.socket:
+    """One TLS connection to the node, checked exactly as the API calls' connections are: urllib3's
+    HTTPSConnection with the settings requests and PinningAdapter give it (*verify*: the CA bundle or
+    directory that requests would use, after $REQUESTS_CA_BUNDLE, or False; *fingerprint*: the pin, checked
+    right after the handshake). For protocols that take the socket over, such as the VNC console's WebSocket.
+    Raises urllib3's and ssl's exceptions as they are."""
+    if verify is False:
+        conn = HTTPSConnection(host, port, timeout=timeout, cert_reqs="CERT_NONE",
+                               assert_fingerprint=fingerprint.replace(":", "").lower() if fingerprint else None)
+    else:
+        bundle = DEFAULT_CA_BUNDLE_PATH if verify is True else str(verify)
+        directory = os.path.isdir(bundle)
+        conn = HTTPSConnection(host, port, timeout=timeout, cert_reqs="CERT_REQUIRED",
+                               ca_certs=None if directory else bundle, ca_cert_dir=bundle if directory else None)
+    conn.connect()
+    sock, conn.sock = conn.sock, None
+    if sock is None:  # pragma: no cover - connect() either sets it or raises
+        raise OSError(f"no connection to {host}:{port}")
+    return sock
