@@ -12,7 +12,7 @@ from builder.cachedir import cache_dir
 from builder.errors import CommandFailed, ImgbuildError
 from builder.fsutil import exclusive_lock
 from builder.image.spec import ImageSpec, package_set, variant
-from builder.proc import quote, require_tool
+from builder.proc import die_with_parent, quote, require_tool
 from builder.progress import NullProgress, Progress
 from builder.secrets.redact import redact
 
@@ -76,7 +76,8 @@ def run_streaming(argv: list[str], *, label: str, progress: Progress, tail_lines
     tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
     try:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+            preexec_fn=die_with_parent(),  # noqa: PLW1509 - only a prepared prctl runs in the child (see proc.py)
         )
     except FileNotFoundError as exc:
         raise CommandFailed(f"command not found: {argv[0]}") from exc

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from builder.cachedir import cached_sha256, content_key, sha256_file
-from builder.errors import CheckFailed, GuestCrashed, ImgbuildError
+from builder.errors import CheckFailed, GuestCrashed, ImgbuildError, InvalidInput
 from builder.fsutil import write_atomic
 from builder.image.build import GoldenImage, build_golden_image
 from builder.image.manifest import manifest_path
@@ -25,6 +25,7 @@ from builder.pipeline.report import Report
 from builder.pipeline.stages import Stages
 from builder.progress import NullProgress, Progress
 from builder.recipe.model import Recipe
+from builder.recipe.rules import method_problems
 from builder.render.write import Rendered, render_recipe
 from builder.targets.base import VM, Staged, Target
 from builder.verify.checks import CheckRunner, GuestAccess, Outcome
@@ -56,6 +57,7 @@ class Built:
 def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
          progress: Progress = NullProgress()) -> Report:
     method = options.method or recipe.install.method
+    refuse_unsupported(recipe, method)
     report = Report(recipe=recipe.name, target=target.name, method=method)
     stages = Stages(report, progress)
     out_dir = out_root / recipe.name
@@ -67,6 +69,10 @@ def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
         settle(target, vm, built, created=created, ok=ok, options=options, report=report, progress=progress)
 
     with recipe_lock(out_root, recipe.name, f"make {recipe.name}"), reported(report, out_dir / "report.json", leave):
+        with stages.stage("check"):  # fail in seconds (privileges, node, storages, network), not after an upload
+            target.preflight(specs.vm_spec(recipe, disk_source=None, cdroms=()),
+                             media=("image", "iso") if method == "image" else ("iso",),
+                             console=any(c.check == "desktop" for c in recipe.verify), progress=progress)
         with stages.stage("render"):
             rendered = render_recipe(recipe, out_root)
         with stages.stage("build"):
@@ -126,6 +132,15 @@ def reported(report: Report, path: Path, leave: Callable[[bool], None]) -> Itera
     finally:
         leave(report.ok)
         report.write(path)
+
+
+def refuse_unsupported(recipe: Recipe, method: str) -> None:
+    """``make --method`` may pick a method the recipe was not validated for: its fields must still all count."""
+    found = method_problems(recipe.raw, method)
+    if found:
+        lines = [f"{recipe.source}: {'.'.join(map(str, path))}: {message}" for path, message in found]
+        raise InvalidInput(f"{recipe.name} sets fields the {method} method cannot honour: {lines[0]}",
+                           detail="\n".join(lines[1:]))
 
 
 def verify_stage(stages: Stages, recipe: Recipe, rendered: Rendered, target: Target, vm: VM, address: str,
@@ -250,7 +265,7 @@ def boot(recipe: Recipe, target: Target, vm: VM, progress: Progress, report: Rep
             target.start(vm, progress=progress)
         progress.step("waiting for the guest agent to report an address")
         try:
-            addresses = target.guest_addresses(vm, timeout=ADDRESS_TIMEOUT)
+            addresses = target.guest_addresses(vm, timeout=getattr(target, "address_timeout", None) or ADDRESS_TIMEOUT)
             break
         except GuestCrashed as exc:
             if attempt == 2:

@@ -30,7 +30,8 @@ def guest_network(recipe: Recipe) -> GuestNetwork:
     net = recipe.network
     # nat with an address is static addressing inside the NAT subnet; targets care about addressing.
     mode: Literal["static", "dhcp"] = "static" if net.is_static else "dhcp"
-    return GuestNetwork(mode=mode, address=net.address, gateway=net.gateway, nameservers=net.nameservers)
+    return GuestNetwork(mode=mode, address=net.address, gateway=net.gateway, nameservers=net.nameservers,
+                        nat=net.mode == "nat")
 
 
 def guest_ports(recipe: Recipe) -> tuple[int, ...]:
@@ -58,4 +59,5 @@ def vm_spec(recipe: Recipe, *, disk_source: Staged | None, cdroms: tuple[Staged 
         agent=True,
         guest_ports=guest_ports(recipe),
         description=f"imgbuild recipe {recipe.name}: {recipe.description}",
+        node=recipe.vm.node,
     )

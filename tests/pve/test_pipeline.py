@@ -23,39 +23,13 @@ from builder.image.build import GoldenImage
 from builder.pipeline import make as make_module
 from builder.pipeline.make import MakeOptions, make
 from builder.proc import run
-from builder.recipe import load_recipe
 from builder.recipe.model import Recipe, derived_mac
 from builder.targets.pve.connect import open_pve_target
 from builder.targets.pve.target import PveTarget
-from builder.verify.checks import Outcome
 from tests.pve.conftest import REPO, no_orphans, uploads_in, write_targets_file
 from tests.pvesim.simulator import PveSimulator
 
 SEEDS = r"-seed-[0-9a-f]{16}\.iso$"
-
-
-@pytest.fixture
-def web_server() -> Recipe:
-    return load_recipe("web-server", REPO / "recipes")
-
-
-@pytest.fixture
-def stubbed(monkeypatch: pytest.MonkeyPatch, small_qcow2: Path) -> list[str]:
-    """A small golden image instead of a real one; checks that pass without a guest. Returns the checked VMs."""
-    checked: list[str] = []
-
-    def golden(spec, refresh=False, progress=None):  # type: ignore[no-untyped-def]
-        return GoldenImage(small_qcow2, "test-key", cached=True)
-
-    def fake_verify(recipe, known_hosts, admin_key, target, vm, address, out_dir, progress):  # type: ignore[no-untyped-def]
-        assert known_hosts.exists()
-        checked.append(f"{vm.name}@{address}")
-        return [Outcome("ssh", True, "login", f"stub: {address}")]
-
-    monkeypatch.setattr(make_module, "build_golden_image", golden)
-    monkeypatch.setattr(make_module, "verify", fake_verify)
-    monkeypatch.setattr(make_module, "ADDRESS_TIMEOUT", 3.0)
-    return checked
 
 
 def image_volume(volid: str) -> bool:

@@ -5,6 +5,7 @@ from builder.cli.commands import (
     cache_cmd,
     clone_cmd,
     destroy_cmd,
+    doctor_cmd,
     hostnet_cmd,
     lab_cmd,
     list_cmd,
@@ -18,4 +19,4 @@ from builder.cli.commands import (
 )
 
 ALL = [list_cmd, show_cmd, validate_cmd, render_cmd, build_cmd, make_cmd, verify_cmd, destroy_cmd, template_cmd, clone_cmd,
-       status_cmd, cache_cmd, hostnet_cmd, lab_cmd]
+       status_cmd, cache_cmd, hostnet_cmd, lab_cmd, doctor_cmd]
