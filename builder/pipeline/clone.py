@@ -93,6 +93,8 @@ def clone(recipe: Recipe, name: str, out_root: Path, target: Target, *, ip: str 
             if target.find_vm(name) is not None:
                 raise ImgbuildError(f"a VM named {name} already exists on {target.name}",
                                     detail=f"remove it with: imgbuild destroy {name}")
+            target.preflight(specs.vm_spec(derived, disk_source=None, cdroms=()), media=("iso",), source=origin,
+                             console=any(c.check == "desktop" for c in recipe.verify), progress=progress)
         with stages.stage("render"):
             rendered = render_recipe(derived, out_root)
         with stages.stage("build"):

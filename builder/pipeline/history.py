@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from builder.fsutil import temp_path_for
+from builder.fsutil import part_path
 
 DEFAULT_KEEP = 30
 DIR = "history"
@@ -24,9 +24,9 @@ def record(job_dir: Path, report: Path, kind: str, *, keep: int = DEFAULT_KEEP) 
     folder.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
     dest = folder / f"{stamp}-{kind}.json"
-    tmp = temp_path_for(dest)
-    shutil.copyfile(report, tmp)
-    tmp.replace(dest)
+    with part_path(dest, mode=0o644) as tmp:
+        shutil.copyfile(report, tmp)
+        tmp.replace(dest)
     for old in entries(job_dir)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return dest

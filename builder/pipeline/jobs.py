@@ -47,11 +47,13 @@ __all__ = [
     "template_job",
     "valid_recipes",
     "verify_again",
+    "vm_spec",
 ]
 
 QEMU_OVERHEAD_MIB = 256  # what one QEMU process takes beside its guest's memory (TCG translation cache)
 
 image_spec = specs.image_spec  # cache: which golden image a recipe resolves to
+vm_spec = specs.vm_spec  # doctor: what a recipe's VM asks of a target
 
 
 def resolve_recipes(names: list[str], recipes_dir: Path, *, all_recipes: bool = False) -> list[Recipe]:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from builder.recipe.sizes import parse_size
 from builder.recipe.tasks import DESKTOP_TASKS, Session, desktop_session, display_manager, task_packages
+from builder.recipe.values import key_file_lines
 
 ALWAYS_PACKAGES = ("qemu-guest-agent", "cloud-init", "openssh-server")
 
@@ -91,6 +92,7 @@ class VMHardware:
     display: Literal["qxl", "std", "virtio", "none"]
     spice: bool
     bios: Literal["seabios", "ovmf"]
+    node: str | None = None  # Proxmox VE: pin the VM to this cluster node
 
 
 @dataclass(frozen=True)
@@ -192,8 +194,7 @@ def build_recipe(data: dict[str, Any], source: Path) -> Recipe:
     for u in data["users"]:
         keys = list(u["ssh_keys"])
         for name in u["ssh_key_files"]:
-            path = source.parent / Path(name).expanduser()
-            keys += [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+            keys += key_file_lines(source.parent / Path(name).expanduser())[0]  # validated: readable, all keys
         users.append(User(
             name=u["name"], full_name=u["full_name"], sudo=u["sudo"], password_hash=u.get("password_hash"),
             password_env=u.get("password_env"), ssh_keys=tuple(dict.fromkeys(keys)), shell=u["shell"],
@@ -235,7 +236,8 @@ def build_recipe(data: dict[str, Any], source: Path) -> Recipe:
         disk=Disk(size_bytes=parse_size(data["disk"]["size"], bare_unit="G"), bus=data["disk"]["bus"],
                   cache=data["disk"]["cache"], partitioning=data["disk"]["partitioning"], lvm=data["disk"]["lvm"]),
         vm=VMHardware(cores=data["vm"]["cores"], memory_mib=parse_size(data["vm"]["memory"], bare_unit="M") >> 20,
-                      cpu=data["vm"]["cpu"], display=display, spice=spice, bios=data["vm"]["bios"]),
+                      cpu=data["vm"]["cpu"], display=display, spice=spice, bios=data["vm"]["bios"],
+                      node=data["vm"].get("node")),
         install=Install(method=data["install"]["method"], base_iso=data["install"]["base_iso"]),
         late_commands=tuple(data["late_commands"]),
         verify=tuple(checks),

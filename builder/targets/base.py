@@ -26,6 +26,7 @@ class Staged:
     sha256: str
     size: int
     uploaded: bool = False  # False when the target already had it (content-addressed re-run)
+    location: str = ""  # where it lives when the target has several places (a PVE node; "" shared)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class GuestNetwork:
     address: str | None = None  # "192.168.1.250/24"
     gateway: str | None = None
     nameservers: tuple[str, ...] = ()
+    nat: bool = False  # behind the host's NAT (the recipe's mode nat): a target may have to provide it
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class VMSpec:
     guest_ports: tuple[int, ...] = (22,)  # TCP ports the pipeline will need to reach
     description: str = ""
     vmid: int | None = None  # PVE only: requested id (None: next free)
+    node: str | None = None  # PVE only: the cluster node to run on (None: the target's setting, else chosen)
     # Content key of everything the VM was built from (seed, disk image, installer, hardware). Targets keep it
     # with the VM so a later make of an unchanged recipe can tell the VM is up to date (built_from).
     inputs: str = ""
@@ -105,6 +108,14 @@ class Endpoint:
 
 class Target(abc.ABC):
     name: str = "target"
+    address_timeout: float | None = None  # seconds to wait for a booted guest's address (None: the pipeline's)
+
+    def preflight(self, spec: VMSpec, *, media: tuple[ArtifactKind, ...] = (), source: VM | None = None,  # noqa: B027
+                  console: bool = False, progress: Progress = NullProgress()) -> None:
+        """Check, before anything is uploaded or created, that this target can run *spec* (where it will run,
+        storages, networks, the credentials' privileges); raise ImgbuildError naming what to change.
+        *media*: the artifacts the job will stage; *source*: the VM a clone is made from; *console*: the job
+        reads the VM's display. The default checks nothing."""
 
     # --- artifacts -------------------------------------------------------------------------
     @abc.abstractmethod

@@ -23,13 +23,21 @@ from builder.pipeline import make as make_module
 from builder.verify.checks import Outcome
 from tests.pve.conftest import REPO, sim_env, small_qcow2, target
 from tests.pvesim.fixtures import pve_sim_factory
+from tests.pvesim.schema import DEFAULT_VERSION
 from tests.pvesim.simulator import PveSimulator
 
 
 @pytest.fixture
+def pve_version() -> str:
+    """The simulator's default PVE version only: what these tests check (the runner, releases as tags and a
+    description, status, the page) is the same on every version; tests/pve runs the target on each."""
+    return DEFAULT_VERSION
+
+
+@pytest.fixture
 def pve_sim(pve_sim_factory) -> PveSimulator:
-    """The simulator with both bridges the shipped recipes use (vmbr0, and vmbr1 for lxde-desktop's NAT)."""
-    return pve_sim_factory(bridges=("vmbr0", "vmbr1"))
+    """The simulator with both bridges the shipped recipes use: vmbr0, and vmbr1 as lxde-desktop's NAT bridge."""
+    return pve_sim_factory(bridges={"vmbr0": None, "vmbr1": "10.10.10.1/24"})  # vmbr1: the NAT bridge
 
 
 class Guests:

@@ -16,10 +16,15 @@ from typing import Any
 import pytest
 import yaml
 
+from builder.image.build import GoldenImage
+from builder.pipeline import make as make_module
 from builder.proc import run
+from builder.recipe import load_recipe
+from builder.recipe.model import Recipe
 from builder.targets.pve.connect import open_pve_target
 from builder.targets.pve.target import PveTarget
-from tests.pvesim.fixtures import pve_sim, pve_sim_factory
+from builder.verify.checks import Outcome
+from tests.pvesim.fixtures import pve_sim, pve_sim_factory, pve_version
 from tests.pvesim.simulator import PveSimulator
 
 REPO = Path(__file__).resolve().parents[2]
@@ -103,3 +108,27 @@ def no_orphans(sim: PveSimulator, *, keep: Callable[[str], bool] = lambda volid:
     assert sim.vm_ids() == [], sim.vms()
     left = [v for v in sim.volume_ids() if not keep(v)]
     assert left == [], left
+
+
+@pytest.fixture
+def web_server() -> Recipe:
+    return load_recipe("web-server", REPO / "recipes")
+
+
+@pytest.fixture
+def stubbed(monkeypatch: pytest.MonkeyPatch, small_qcow2: Path) -> list[str]:
+    """A small golden image instead of a real one; checks that pass without a guest. Returns the checked VMs."""
+    checked: list[str] = []
+
+    def golden(spec, refresh=False, progress=None):  # type: ignore[no-untyped-def]
+        return GoldenImage(small_qcow2, "test-key", cached=True)
+
+    def fake_verify(recipe, known_hosts, admin_key, target, vm, address, out_dir, progress):  # type: ignore[no-untyped-def]
+        assert known_hosts.exists()
+        checked.append(f"{vm.name}@{address}")
+        return [Outcome("ssh", True, "login", f"stub: {address}")]
+
+    monkeypatch.setattr(make_module, "build_golden_image", golden)
+    monkeypatch.setattr(make_module, "verify", fake_verify)
+    monkeypatch.setattr(PveTarget, "address_timeout", 3.0)  # the agent_timeout setting: 900 s otherwise
+    return checked

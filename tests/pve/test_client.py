@@ -22,9 +22,9 @@ def config_for(sim: PveSimulator, **kw: object) -> PveConfig:
 
 
 def test_pinned_fingerprint_and_ca_file_are_accepted(pve_sim: PveSimulator) -> None:
-    assert PveClient(config_for(pve_sim)).get("/version")["release"] == "8.4"
+    assert PveClient(config_for(pve_sim)).get("/version")["release"] == pve_sim.version
     ca = config_for(pve_sim, fingerprint=None, ca_file=pve_sim.ca_file)
-    assert PveClient(ca).get("/version")["release"] == "8.4"
+    assert PveClient(ca).get("/version")["release"] == pve_sim.version
 
 
 def test_wrong_pinned_fingerprint_is_refused_before_any_request(pve_sim: PveSimulator) -> None:
@@ -44,7 +44,7 @@ def test_system_store_does_not_trust_the_simulator(pve_sim: PveSimulator) -> Non
 def test_insecure_warns_and_connects(pve_sim: PveSimulator, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
         target = target_from_config(config_for(pve_sim, fingerprint=None), insecure=True)
-    assert target.check_connection()["release"] == "8.4"
+    assert target.check_connection()["release"] == pve_sim.version
     assert any("NOT verified (--insecure)" in r.getMessage() for r in caplog.records)
 
 

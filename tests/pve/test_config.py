@@ -33,8 +33,8 @@ def test_environment_gives_the_pve_target() -> None:
 def test_environment_missing_variables_are_listed_at_once() -> None:
     with pytest.raises(InvalidInput) as err:
         load_config("pve", {"PROXMOX_URL": "https://pve:8006"})
-    assert "PROXMOX_TOKEN_ID" in err.value.message and "PROXMOX_NODE" in err.value.message
-    assert "PROXMOX_TOKEN_SECRET" in err.value.message
+    assert "PROXMOX_TOKEN_ID" in err.value.message and "PROXMOX_TOKEN_SECRET" in err.value.message
+    assert "PROXMOX_NODE" not in err.value.message  # optional: without it, each VM's node is chosen
 
 
 @pytest.mark.parametrize(("var", "value", "expect"), [
@@ -89,7 +89,8 @@ def test_secret_file_must_not_be_world_readable(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("change", "expect"), [
     ({"token_secret": SECRET}, "secrets do not belong in the targets file"),
-    ({"node": None}, "node: required"),
+    ({"url": None}, "url: required"),
+    ({"node": "pve_1"}, "node: 'pve_1' is not a node name"),
     ({"colour": "blue"}, "colour: unknown setting"),
     ({"token_secret_env": "NOT_SET_ANYWHERE"}, "NOT_SET_ANYWHERE is not set"),
     ({"token_id": "imgbuild"}, "token_id"),

@@ -1,4 +1,4 @@
-"""VMSpec -> PVE configuration (pure), and the simulator's PVE 8.4 schema accepting every value we send."""
+"""VMSpec -> PVE configuration (pure), and PVE's own schemas (9.1 and 8.4) accepting every value we send."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from builder.errors import InvalidInput
 from builder.targets.base import DiskSpec, GuestNetwork, NicSpec, Staged, VMSpec
 from builder.targets.pve import vmconfig
-from tests.pvesim.schema import ApiSchema
+from tests.pvesim.schema import SUPPORTED_VERSIONS, ApiSchema
 
 IMAGE = Staged("image", "local:import/web-server-golden-image-0123456789abcdef.qcow2", "0" * 64, 1 << 30)
 SEED = Staged("iso", "local:iso/web-server-seed-0123456789abcdef.iso", "1" * 64, 1 << 20)
@@ -50,9 +50,10 @@ def test_installer_method_config() -> None:
     assert "ipconfig0" not in p
 
 
-def test_every_value_passes_pve_84_schema() -> None:
-    """Booleans as 0/1, property strings, named formats: what PVE's own schema accepts."""
-    endpoint = ApiSchema().find("POST", "/nodes/{node}/qemu")
+@pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
+def test_every_value_passes_pve_schema(version: str) -> None:
+    """Booleans as 0/1, property strings, named formats: what PVE's own schema accepts (9.1 and 8.4)."""
+    endpoint = ApiSchema.load(version).find("POST", "/nodes/{node}/qemu")
     for s in (spec(), spec(disks=(DiskSpec(4 << 30, bus="scsi"),), cdroms=(INSTALLER, SEED), bios="ovmf",
                            network=GuestNetwork("dhcp"), nics=(NicSpec("BC:24:11:00:00:02", model="e1000"),))):
         params = {k: str(v) for k, v in vmconfig.create_params(s, vmid=100, disk_storage="local-lvm").items()}

@@ -18,7 +18,22 @@ import sys
 import threading
 from pathlib import Path
 
+from tests.pvesim.cluster import three_nodes
+from tests.pvesim.schema import DEFAULT_VERSION, SUPPORTED_VERSIONS
 from tests.pvesim.simulator import DEFAULT_TOKEN, PveSimulator
+
+
+def grant_documented_role(sim: PveSimulator, token: str) -> None:
+    """What docs/pve-target.md tells an administrator to run, for *token* (USER@REALM!ID=SECRET)."""
+    from builder.targets.pve import privileges
+
+    full_id, _, secret = token.partition("=")
+    user = full_id.split("!", 1)[0]
+    sim.add_token(full_id, secret, privsep=True)
+    sim.add_role(privileges.ROLE, privileges.role_privileges(int(sim.version.split(".")[0])))
+    for path in ("/vms", "/storage", "/nodes", "/sdn/zones/localnetwork"):
+        sim.grant(path, user, privileges.ROLE)
+        sim.grant(path, full_id, privileges.ROLE)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,9 +44,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="USER@REALM!TOKENID=SECRET (default: $PVESIM_TOKEN)")
     parser.add_argument("--data-dir", type=Path, help="where storages live (default: a temporary directory)")
     parser.add_argument("--node", default="pve")
+    parser.add_argument("--cluster", action="store_true",
+                        help="three nodes (pve1, pve2 online on 127.0.0.1/.2, pve3 offline) with a shared storage")
+    parser.add_argument("--pve-version", choices=SUPPORTED_VERSIONS, default=DEFAULT_VERSION,
+                        help="the PVE API schema to enforce (and version to report)")
     parser.add_argument("--backend", choices=("fake", "qemu"), default="fake")
     parser.add_argument("--task-duration", type=float, default=0.05, help="seconds every task takes at least")
     parser.add_argument("--auth-delay", type=float, default=0.2, help="delay before a 401 answer")
+    parser.add_argument("--role-token", default=os.environ.get("PVESIM_ROLE_TOKEN"),
+                        help="USER@REALM!TOKENID=SECRET: a privilege-separated token (and its user) granted the "
+                             "role imgbuild documents (default: $PVESIM_ROLE_TOKEN)")
     args = parser.parse_args(argv)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         parser.error("the simulator listens on loopback only")
@@ -41,8 +63,11 @@ def main(argv: list[str] | None = None) -> int:
 
         backend = QemuBackend()  # its own short temporary directory: unix socket paths stay short
     try:
-        sim = PveSimulator(token=args.token, node=args.node, host=args.host, port=args.port, data_dir=args.data_dir,
+        sim = PveSimulator(token=args.token, version=args.pve_version, node=args.node, host=args.host, port=args.port,
+                           data_dir=args.data_dir, nodes=three_nodes() if args.cluster else None,
                            backend=backend, task_duration=args.task_duration, auth_delay=args.auth_delay)
+        if args.role_token:
+            grant_documented_role(sim, args.role_token)
     except ValueError as exc:
         parser.error(str(exc))
     stop = threading.Event()

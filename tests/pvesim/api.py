@@ -20,13 +20,18 @@ from pathlib import Path
 from typing import Any
 
 from tests.pvesim import formats
-from tests.pvesim.backends import AgentUnavailable, DiskFile, VMBackend, set_net_format
+from tests.pvesim.access import Access, perm_error
+from tests.pvesim.backends import AgentUnavailable, DiskFile, VMBackend
+from tests.pvesim.cluster import NodeSpec, loopback_address
 from tests.pvesim.console import VncTickets, listen_on_vnc_port, proxy_worker, vnc_password
+from tests.pvesim.errors import ApiError, ParamError, die
 from tests.pvesim.faults import FaultInjector
 from tests.pvesim.formats import FormatError, format_size, parse_size, parse_volume_id
 from tests.pvesim.schema import ApiSchema, parse_property_string, perl_str, print_property_string
+from tests.pvesim.sdn import Sdn, SdnApi
 from tests.pvesim.storage import StorageDef, Storages, Volume
 from tests.pvesim.tasks import Task, TaskBehaviour, TaskFailed, TaskManager
+from tests.pvesim.tls import NodeCert
 
 NEW_DISK_RE = re.compile(r"^(([^/:\s]+):)?(\d+(\.\d+)?)$")
 DRIVE_RE = re.compile(r"^(ide|sata|scsi|virtio)\d+$|^efidisk0$|^tpmstate0$")
@@ -35,27 +40,20 @@ NOT_CONFIG = {
     "storage", "unique", "archive", "pool", "bwlimit", "live-restore", "import-working-storage",
 }
 
-
-class ApiError(Exception):
-    """An error answer: HTTP *status*, PVE's *message* (reason phrase) and optional *errors*."""
-
-    def __init__(self, status: int, message: str, errors: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.errors = errors
-
-
-class ParamError(ApiError):
-    """``raise_param_exc``: 400 Parameter verification failed. *probe*: a legitimate availability probe."""
-
-    def __init__(self, errors: dict[str, str], *, probe: bool = False) -> None:
-        super().__init__(400, "Parameter verification failed.", errors)
-        self.probe = probe
-
-
-def die(message: str) -> ApiError:
-    return ApiError(500, message)
+# qemu-server src/PVE/API2/Qemu.pm: which privilege each option needs ($cpuoptions, $memoryoptions ...)
+CONFIG_PRIVS: dict[str, str] = {
+    **dict.fromkeys(("cores", "cpu", "runningcpu", "cpulimit", "cpuunits", "numa", "smp", "sockets", "vcpus"),
+                    "VM.Config.CPU"),
+    **dict.fromkeys(("memory", "balloon", "shares", "allow-ksm"), "VM.Config.Memory"),
+    **dict.fromkeys(("acpi", "hotplug", "kvm", "machine", "runningmachine", "scsihw", "smbios1", "tablet", "vga",
+                     "watchdog", "audio0", "rng0"), "VM.Config.HWType"),
+    **dict.fromkeys(("agent", "autostart", "bios", "description", "keyboard", "localtime", "migrate_downtime",
+                     "migrate_speed", "name", "onboot", "ostype", "protection", "reboot", "startdate", "startup",
+                     "tdf", "template"), "VM.Config.Options"),
+    "freeze": "VM.PowerMgmt",
+    **dict.fromkeys(("boot", "bootdisk", "vmstatestorage"), "VM.Config.Disk"),
+}
+CLOUDINIT_OPTIONS = {"cicustom", "cipassword", "citype", "ciuser", "ciupgrade", "nameserver", "searchdomain", "sshkeys"}
 
 
 @dataclass
@@ -68,6 +66,7 @@ class Result:
 class VM:
     vmid: int
     config: dict[str, str] = field(default_factory=dict)
+    node: str = "pve"  # where its config lives (nodes/NODE/qemu-server/VMID.conf)
     lock: str | None = None
     started: float | None = None
 
@@ -81,47 +80,76 @@ Handler = Callable[[dict[str, Any], str], Any]
 
 class PveApi:
     def __init__(
-        self, *, node: str, schema: ApiSchema, storages: Storages, tasks: TaskManager, backend: VMBackend,
-        faults: FaultInjector, lock: threading.RLock, bridges: tuple[str, ...] = ("vmbr0",),
+        self, *, nodes: list[NodeSpec], pve_version: str, schema: ApiSchema, storages: Storages, tasks: TaskManager,
+        backend: VMBackend, faults: FaultInjector, lock: threading.RLock, access: Access, sdn: Sdn,
+        certs: dict[str, NodeCert],
     ) -> None:
-        self.node = node
+        self.nodes: dict[str, NodeSpec] = {n.name: n for n in nodes}
+        self.node = nodes[0].name  # the first node: the one a client talks to by default
+        self.pve_version = pve_version
+        self._local = threading.local()  # the node handling the current request (see call)
         self.schema = schema
         self.storages = storages
         self.tasks = tasks
         self.backend = backend
         self.faults = faults
         self.lock = lock
-        self.bridges = set(bridges)
+        self.access = access
+        self.sdn = sdn
+        self.certs = certs  # node -> its TLS certificate (GET /nodes/{node}/certificates/info)
         self.vms: dict[int, VM] = {}
         self.create_props = schema.find("POST", "/nodes/{node}/qemu").properties
-        _AGENT_FMT.update(self.create_props["agent"]["format"])
-        set_net_format(self.create_props["net0"]["format"])
         self.routes: dict[tuple[str, str], Handler] = {}
-        for name in dir(self):
-            fn = getattr(self, name)
-            route = getattr(fn, "route", None)
-            if route:
-                self.routes[route] = fn
+        for handlers in (self, SdnApi(sdn, self)):
+            for name in dir(handlers):
+                fn = getattr(handlers, name)
+                route = getattr(fn, "route", None)
+                if route:
+                    self.routes[route] = fn
 
     # --- helpers ------------------------------------------------------------------------------
-    def call(self, method: str, template: str, params: dict[str, Any], user: str) -> Result:
+    @property
+    def current_node(self) -> str:
+        """The node handling this request: the one named in the path (after proxying), else the receiver."""
+        return str(getattr(self._local, "node", None) or self.node)
+
+    def route_to(self, info: dict[str, Any], params: dict[str, Any], via: str) -> str:
+        """The node that handles a request *via* received (see cluster.py): raises what PVE answers when a
+        request must be proxied to a node that is unknown or offline."""
+        node = params.get("node")
+        if node is None:
+            return via
+        self._check_node(node)
+        if node == via or info.get("proxyto") != "node":
+            return str(node)
+        if not self.nodes[node].online:
+            # pve-http-server proxy_request (AnyEvent::HTTP): a connection that cannot be made is status 595
+            raise ApiError(595, "No route to host")
+        return str(node)
+
+    def call(self, method: str, template: str, params: dict[str, Any], user: str, *, node: str | None = None) -> Result:
         handler = self.routes.get((method, template))
         if handler is None:
             raise ApiError(501, f"Method '{method} {template}' not implemented")
         if "node" in params:
             self._check_node(params["node"])
         with self.lock:
-            out = handler(params, user)
+            self._local.node = node or params.get("node") or self.node
+            try:
+                out = handler(params, user)
+            finally:
+                self._local.node = None
         return out if isinstance(out, Result) else Result(out)
 
     def _check_node(self, node: str) -> None:
-        if node != self.node:
+        if node not in self.nodes:
             raise die(f"hostname lookup '{node}' failed - failed to get address info for: {node}: Name or service not known")
 
     def _vm(self, vmid: Any) -> VM:
         vm = self.vms.get(int(vmid))
-        if vm is None:
-            raise die(f"Configuration file 'nodes/{self.node}/qemu-server/{int(vmid)}.conf' does not exist")
+        if vm is None or vm.node != self.current_node:
+            # qemu-server: PVE::QemuConfig->load_config reads nodes/<this node>/qemu-server/<vmid>.conf
+            raise die(f"Configuration file 'nodes/{self.current_node}/qemu-server/{int(vmid)}.conf' does not exist")
         return vm
 
     @staticmethod
@@ -133,6 +161,9 @@ class PveApi:
         sdef = self.storages.get(storage_id)
         if sdef is None:
             raise die(f"storage '{storage_id}' does not exist")
+        if not self.storages.enabled_on(sdef, self.current_node):
+            # pve-storage src/PVE/Storage.pm storage_check_node
+            raise die(f"storage '{storage_id}' is not available on node '{self.current_node}'")
         return sdef
 
     def _running(self, vmid: int) -> bool:
@@ -153,7 +184,18 @@ class PveApi:
         elif rule is not None:
             behaviour.fail = rule.message
             behaviour.log = rule.log
-        return self.tasks.start(kind, id, user, body, behaviour, on_error).upid
+        node = self.current_node
+
+        def bound(task: Task) -> None:  # the worker runs "on" the node that started it
+            self._local.node = node
+            body(task)
+
+        def bound_error(task: Task, error: str) -> None:
+            self._local.node = node
+            if on_error is not None:
+                on_error(task, error)
+
+        return self.tasks.start(kind, id, user, bound, behaviour, bound_error, node=node).upid
 
     def _drive_format(self, key: str) -> dict[str, Any]:
         return self.create_props[key]["format"]
@@ -165,8 +207,8 @@ class PveApi:
         except FormatError as exc:  # the schema already accepted it; keep the message anyway
             raise ParamError({key: "invalid format - " + exc.stringify()}) from None
 
-    def _volume(self, volid: str) -> Volume | None:
-        return self.storages.volumes.get(volid)
+    def _volume(self, volid: str, node: str | None = None) -> Volume | None:
+        return self.storages.volume(node or self.current_node, volid)
 
     @staticmethod
     def digest(config: dict[str, str]) -> str:
@@ -186,6 +228,7 @@ class PveApi:
         return out
 
     def disk_files(self, vm: VM) -> list[DiskFile]:
+        """The VM's drives as files (on the VM's node)."""
         files: list[DiskFile] = []
         for key in sorted(vm.config):
             if not DRIVE_RE.match(key):
@@ -196,7 +239,7 @@ class PveApi:
             if volid in ("none", "cdrom"):
                 files.append(DiskFile(key, None, "raw", "cdrom"))
                 continue
-            vol = self._volume(volid)
+            vol = self._volume(volid, vm.node)
             if vol is None:
                 raise TaskFailed(f"volume '{volid}' does not exist")
             fmt = "raw" if cdrom else vol.disk_format
@@ -214,29 +257,133 @@ class PveApi:
 
     @route("GET", "/version")
     def version(self, p: dict[str, Any], user: str) -> Any:
-        return {"release": "8.4", "repoid": "2a5fa54a8503f96d", "version": "8.4.1"}
+        return self._version_of(self.nodes[self.current_node].version or self.pve_version)
+
+    @staticmethod
+    def _version_of(version: str) -> dict[str, Any]:
+        # pve-manager PVE/API2/Version.pm: version (pve-manager's), release (major.minor), repoid
+        release = ".".join(version.split(".")[:2])
+        repoid = hashlib.sha1(version.encode()).hexdigest()[:16]
+        return {"release": release, "repoid": repoid, "version": version}
+
+    def has_route(self, method: str, template: str) -> bool:
+        return (method, template) in self.routes
+
+    # --- nodes and the cluster ------------------------------------------------------------------
+    def node_mem(self, node: str) -> int:
+        """What the node's RRD reports as used memory: the host's own plus every running VM's."""
+        spec = self.nodes[node]
+        return spec.mem + sum(self._maxmem(vm) for vm in self.vms.values()
+                              if vm.node == node and self.backend.is_running(vm.vmid))
+
+    def node_cpu(self, node: str) -> float:
+        """The node's CPU load: its own, plus (a simulation assumption, not PVE's) half the vCPUs of each
+        running VM kept busy."""
+        spec = self.nodes[node]
+        busy = sum(int(vm.config.get("cores", "1")) * int(vm.config.get("sockets", "1")) for vm in self.vms.values()
+                   if vm.node == node and self.backend.is_running(vm.vmid))
+        return min(1.0, spec.cpu + 0.5 * busy / spec.maxcpu)
+
+    def _node_stats(self, node: str, user: str) -> dict[str, Any]:
+        # pve-manager PVE/API2Tools.pm extract_node_stats: status from the cluster membership; the
+        # figures only with Sys.Audit on /nodes/<node> (PVE/API2/Nodes.pm index, Cluster.pm resources)
+        spec = self.nodes[node]
+        entry: dict[str, Any] = {"id": f"node/{node}", "node": node, "type": "node",
+                                 "status": "online" if spec.online else "offline", "level": ""}
+        if self.access.has(user, f"/nodes/{node}", ["Sys.Audit"]):
+            entry.update({"maxcpu": spec.maxcpu, "maxmem": spec.maxmem, "maxdisk": 100 << 30})
+            if spec.online:
+                entry.update({"cpu": round(self.node_cpu(node), 4), "mem": self.node_mem(node), "disk": 10 << 30,
+                              "uptime": 3600})
+        return entry
 
     @route("GET", "/nodes")
-    def nodes(self, p: dict[str, Any], user: str) -> Any:
-        return [{"node": self.node, "id": f"node/{self.node}", "type": "node", "status": "online", "level": "",
-                 "maxcpu": 2, "cpu": 0.02, "maxmem": 24 << 30, "mem": 2 << 30, "maxdisk": 100 << 30,
-                 "disk": 10 << 30, "uptime": 3600}]
+    def nodes_index(self, p: dict[str, Any], user: str) -> Any:
+        return [self._node_stats(n, user) for n in sorted(self.nodes)]
+
+    @route("GET", "/nodes/{node}/version")
+    def node_version(self, p: dict[str, Any], user: str) -> Any:
+        return self._version_of(self.nodes[self.current_node].version or self.pve_version)
+
+    @route("GET", "/cluster/status")
+    def cluster_status(self, p: dict[str, Any], user: str) -> Any:
+        # pve-manager PVE/API2/Cluster.pm get_status (Sys.Audit on /): the cluster, then each member with its ip
+        out: list[dict[str, Any]] = []
+        if len(self.nodes) > 1:
+            out.append({"type": "cluster", "id": "cluster", "name": "pvesim", "nodes": len(self.nodes),
+                        "quorate": 1, "version": len(self.nodes)})
+        for i, name in enumerate(self.nodes):
+            out.append({"type": "node", "id": f"node/{name}", "name": name, "ip": loopback_address(i),
+                        "nodeid": i + 1, "online": int(self.nodes[name].online),
+                        "local": int(name == self.current_node), "level": ""})
+        return out
+
+    @route("GET", "/nodes/{node}/certificates/info")
+    def certificates_info(self, p: dict[str, Any], user: str) -> Any:
+        # pve-manager PVE/API2/Certificates.pm info (user => 'all'): the node's certificates, pve-ssl.pem
+        # being the one pveproxy serves when no custom certificate is installed
+        cert = self.certs[self.current_node]
+        return [{"filename": "pve-ssl.pem", "fingerprint": cert.fingerprint,
+                 "subject": f"/OU=PVE Cluster Node/O=Proxmox Virtual Environment/CN={self.current_node}.pvesim.invalid",
+                 "issuer": "/CN=Proxmox Virtual Environment (pvesim)/O=PVE Cluster Manager CA",
+                 "san": [self.current_node, "localhost", loopback_address(list(self.nodes).index(self.current_node))],
+                 "public-key-type": "id-ecPublicKey", "public-key-bits": 256,
+                 "pem": cert.cert_file.read_text().split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"}]
+
+    @route("GET", "/nodes/{node}/network")
+    def network_index(self, p: dict[str, Any], user: str) -> Any:
+        # pve-manager PVE/API2/Network.pm index: the node's /etc/network/interfaces; with type any_bridge
+        # (or vnet/include_sdn) also the node's applied SDN vnets; bridges are listed only to whom may
+        # audit or use them (check_sdn_bridge on /sdn/zones/localnetwork/<bridge>)
+        spec = self.nodes[self.current_node]
+        kind = p.get("type")
+        out: list[dict[str, Any]] = []
+        for i, iface in enumerate(spec.interfaces):
+            is_bridge = iface.type in ("bridge", "OVSBridge")
+            if kind and kind != "include_sdn" and not (kind == iface.type or (is_bridge and kind in ("any_bridge",
+                                                                                                    "any_local_bridge"))):
+                continue
+            if is_bridge and not self.access.has(user, f"/sdn/zones/localnetwork/{iface.iface}",
+                                                 ["SDN.Audit", "SDN.Use"], any_of=True):
+                continue
+            out.append(iface.listing(i + 3))
+        if kind in ("any_bridge", "include_sdn", "vnet"):
+            out.extend(self.sdn.local_vnets(self.current_node, user))
+        return sorted(out, key=lambda e: e["iface"])
+
+    def bridge_exists(self, node: str, bridge: str) -> bool:
+        spec = self.nodes[node]
+        return any(i.iface == bridge and i.type in ("bridge", "OVSBridge") for i in spec.interfaces) \
+            or self.sdn.vnet_applied(bridge, node)
 
     @route("GET", "/cluster/resources")
     def cluster_resources(self, p: dict[str, Any], user: str) -> Any:
+        # pve-manager PVE/API2/Cluster.pm resources: VMs need VM.Audit, storages Datastore.Audit (one
+        # entry per node where the storage is enabled), node figures Sys.Audit (see _node_stats)
         out: list[dict[str, Any]] = []
         kind = p.get("type")
         if kind in (None, "vm"):
             for vm in sorted(self.vms.values(), key=lambda v: v.vmid):
-                out.append({"id": f"qemu/{vm.vmid}", "type": "qemu", **self._vm_summary(vm)})
+                if self.access.has(user, f"/vms/{vm.vmid}", ["VM.Audit"]):
+                    out.append({"id": f"qemu/{vm.vmid}", "type": "qemu", **self._vm_summary(vm)})
+        if kind in (None, "node"):
+            out.extend(self._node_stats(n, user) for n in sorted(self.nodes))
         if kind in (None, "storage"):
             for sdef in self.storages.defs.values():
-                out.append({"id": f"storage/{self.node}/{sdef.id}", "type": "storage", "storage": sdef.id,
-                            "node": self.node, "status": "available", "plugintype": sdef.type,
-                            "content": ",".join(sdef.content), "shared": 0, "maxdisk": sdef.total,
-                            "disk": self.storages.used(sdef.id)})
-        if kind in (None, "node"):
-            out.append({"id": f"node/{self.node}", "type": "node", "node": self.node, "status": "online"})
+                if not self.access.has(user, f"/storage/{sdef.id}", ["Datastore.Audit"]):
+                    continue
+                for node in sorted(self.nodes):
+                    if not self.storages.enabled_on(sdef, node):
+                        continue
+                    entry = {"id": f"storage/{node}/{sdef.id}", "type": "storage", "storage": sdef.id,
+                             "node": node, "status": "unknown", "plugintype": sdef.type,
+                             "content": ",".join(sorted(sdef.content)), "shared": int(sdef.shared)}
+                    if self.nodes[node].online:
+                        entry.update({"status": "available", "maxdisk": sdef.total,
+                                      "disk": self.storages.used(sdef, node)})
+                    out.append(entry)
+        if kind in (None, "sdn"):
+            out.extend(self.sdn.resources(sorted(n for n, spec in self.nodes.items() if spec.online), user))
         return out
 
     @route("GET", "/cluster/nextid")
@@ -251,25 +398,45 @@ class PveApi:
             vmid += 1
         return str(vmid)
 
+    @route("GET", "/access/permissions")
+    def access_permissions(self, p: dict[str, Any], user: str) -> Any:
+        # pve-access-control src/PVE/API2/AccessControl.pm permissions: one's own (or one's tokens'), else
+        # Sys.Audit on /access; with a path, that path's privileges (even when empty), else every path
+        userid = p.get("userid") or user
+        if not (userid == user or userid.split("!", 1)[0] == user):
+            self.access.check(user, "/access", ["Sys.Audit"])
+        if p.get("path"):
+            return {p["path"]: {k: int(v) for k, v in sorted(self.access.permissions(userid, p["path"]).items())}}
+        return self.access.effective(userid)
+
     @route("POST", "/access/ticket")
     def ticket(self, p: dict[str, Any], user: str) -> Any:
         raise ApiError(401, "authentication failure")
 
     # --- storage ------------------------------------------------------------------------------
     def _storage_status(self, sdef: StorageDef) -> dict[str, Any]:
-        used = self.storages.used(sdef.id)
+        used = self.storages.used(sdef, self.current_node)
         return {"storage": sdef.id, "type": sdef.type, "content": ",".join(sorted(sdef.content)), "active": 1,
-                "enabled": 1, "shared": 0, "total": sdef.total, "used": used, "avail": sdef.total - used,
-                "used_fraction": used / sdef.total}
+                "enabled": 1, "shared": int(sdef.shared), "total": sdef.total, "used": used,
+                "avail": sdef.total - used, "used_fraction": used / sdef.total}
 
     @route("GET", "/nodes/{node}/storage")
     def storage_index(self, p: dict[str, Any], user: str) -> Any:
-        out = []
+        # pve-storage src/PVE/API2/Storage/Status.pm index: storages enabled on this node (storage_info),
+        # "No such storage." for a named one that is not, then only those the user may audit or allocate on
+        node = self.current_node
+        enabled = [d for d in self.storages.defs.values() if self.storages.enabled_on(d, node)]
         wanted = set(formats.split_list(p.get("content", "")))
-        for sdef in self.storages.defs.values():
-            if p.get("storage") and p["storage"] != sdef.id:
+        if wanted:
+            enabled = [d for d in enabled if wanted & set(d.content)]
+        if p.get("storage") and p["storage"] not in {d.id for d in enabled}:
+            raise ParamError({"storage": "No such storage."})
+        out = []
+        for sdef in enabled:
+            if not self.access.has(user, f"/storage/{sdef.id}", ["Datastore.Audit", "Datastore.AllocateSpace"],
+                                   any_of=True):
                 continue
-            if wanted and not wanted & set(sdef.content):
+            if p.get("storage") and p["storage"] != sdef.id:
                 continue
             out.append(self._storage_status(sdef))
         return out
@@ -277,14 +444,18 @@ class PveApi:
     @route("GET", "/nodes/{node}/storage/{storage}/status")
     def storage_status(self, p: dict[str, Any], user: str) -> Any:
         sdef = self.storages.get(p["storage"])
-        if sdef is None:
+        if sdef is None or not self.storages.enabled_on(sdef, self.current_node):
             raise ParamError({"storage": "No such storage."})
         out = self._storage_status(sdef)
         del out["storage"], out["used_fraction"]
         return out
 
     def _content_entry(self, vol: Volume) -> dict[str, Any]:
-        entry: dict[str, Any] = {"volid": vol.volid, "format": vol.format, "size": vol.size, "ctime": vol.ctime,
+        # pve-storage src/PVE/Storage/Plugin.pm: list_volumes lists images through list_images (file_size_info:
+        # the virtual size), and every other content type (iso, vztmpl, backup, snippets, import) through
+        # $get_subdir_files with `$info->{size} = $st->size`: the file's size on disk, also for a qcow2 in import.
+        size = vol.size if vol.content in ("images", "rootdir") else vol.path.stat().st_size
+        entry: dict[str, Any] = {"volid": vol.volid, "format": vol.format, "size": size, "ctime": vol.ctime,
                                  "content": vol.content}
         if vol.vmid is not None:
             entry["vmid"] = vol.vmid
@@ -296,7 +467,7 @@ class PveApi:
     def content_list(self, p: dict[str, Any], user: str) -> Any:
         sdef = self._storage(p["storage"])
         out = []
-        for vol in sorted(self.storages.volumes.values(), key=lambda v: v.volid):
+        for vol in sorted(self.storages.visible(self.current_node), key=lambda v: v.volid):
             if vol.storage != sdef.id:
                 continue
             if p.get("content") and vol.content != p["content"]:
@@ -323,6 +494,9 @@ class PveApi:
         vol = self._volume(volid)
         if vol is None:
             raise die(f"volume '{volid}' does not exist")
+        self.check_volume_access(user, volid, vol)
+        # pve-storage src/PVE/API2/Storage/Content.pm 'info': volume_size_info -> file_size_info with the
+        # volume's format, so a qcow2 (images or import) shows its virtual size here, unlike in the listing.
         return {"path": str(vol.path), "size": vol.size, "used": vol.path.stat().st_size, "format": vol.format}
 
     @route("DELETE", "/nodes/{node}/storage/{storage}/content/{volume}")
@@ -330,13 +504,16 @@ class PveApi:
         volid = self._real_volid(p["storage"], p["volume"])
         vol = self._volume(volid)
         ownervm = vol.vmid if vol else None
+        # pve-storage src/PVE/API2/Storage/Content.pm delete: Datastore.Allocate on the storage (backups aside)
+        self.access.check(user, f"/storage/{p['storage']}", ["Datastore.Allocate"])
         if (vol is not None and vol.content == "images" and ownervm in self.vms
                 and any(volid in v for v in self.vms[ownervm].config.values())):
             raise die(f"unable to delete '{volid}' - volume is still in use (VM {ownervm})")
 
         def work(task: Task) -> None:
             with self.lock:
-                if not self.storages.free(volid):
+                current = self._volume(volid)
+                if current is None or not self.storages.free(current):
                     task.warn(f"disk image '{volid}' does not exist")
                     return
             task.log(f"Removed volume '{volid}'")
@@ -358,60 +535,99 @@ class PveApi:
                 raise die(task.exitstatus or "unknown error")
         return upid
 
-    def upload(self, p: dict[str, Any], user: str, tmpfile: Path) -> str:
-        """``POST .../upload`` after the body is on disk (server.py streams it into *tmpfile*)."""
+    def check_volume_access(self, user: str, volid: str, vol: Volume | None, vmid: int | None = None) -> None:
+        """pve-storage src/PVE/Storage.pm check_volume_access."""
+        storage = volid.split(":", 1)[0]
+        if self.access.has(user, f"/storage/{storage}", ["Datastore.Allocate"]):
+            return
+        content = vol.content if vol is not None else volid.split(":", 1)[1].split("/", 1)[0]
+        if content in ("iso", "vztmpl", "import"):
+            self.access.check(user, f"/storage/{storage}", ["Datastore.AllocateSpace", "Datastore.Audit"], any_of=True)
+        elif vol is not None and vol.vmid is not None and vol.vmid == vmid:
+            return
+        elif vol is not None and vol.content in ("images", "rootdir") and vol.vmid is not None:
+            self.access.check(user, f"/storage/{storage}", ["Datastore.Audit"])
+            self.access.check(user, f"/vms/{vol.vmid}", ["VM.Config.Disk"])
+        else:
+            raise die(f"missing privileges to access {volid}")
+
+    def upload(self, p: dict[str, Any], user: str, tmpfile: Path, via: str | None = None) -> str:
+        """``POST .../upload`` after the body is on disk (server.py streams it into *tmpfile*).
+
+        pve-storage src/PVE/API2/Storage/Status.pm upload has no ``proxyto``: the node that received the
+        body runs it, and for another node's storage it copies the file there with scp (after activating
+        the storage over ssh, which fails for a node that is down)."""
         with self.lock:
             self._check_node(p["node"])
-            sdef = self._storage(p["storage"])
-            if not sdef.has_path:
-                raise die(f"can't upload to storage type '{sdef.type}'")
-            content = p["content"]
-            name = normalize_content_filename(p["filename"])
-            if content == "iso":
-                if not re.search(r"[^/]+\.(?:iso|img)$", name, re.I):
-                    raise ParamError({"filename": "wrong file extension"})
-            elif content == "vztmpl":
-                if not re.search(r"[^/]+\.tar\.(gz|xz|zst|bz2)$", name, re.I):
-                    raise ParamError({"filename": "wrong file extension"})
-            elif content == "import" and not re.search(r"^[a-zA-Z0-9\-\.\+\=\_]+\.(ova|qcow2|raw|vmdk)$", name):
-                raise ParamError({"filename": "invalid filename or wrong extension"})
-            if content not in sdef.content:
-                raise die(f"storage '{sdef.id}' does not support '{content}' content")
-            dest = sdef.content_dir(content) / name
-            size = tmpfile.stat().st_size
+            self._local.node = p["node"]
+            try:
+                return self._upload(p, user, tmpfile, via or p["node"])
+            finally:
+                self._local.node = None
 
-            def work(task: Task) -> None:
-                task.log(f"starting file import from: {tmpfile}")
-                try:
-                    algo = p.get("checksum-algorithm")
-                    if algo:
-                        got = hash_file(algo, tmpfile)
-                        if got.lower() == str(p["checksum"]).lower():
-                            task.log("calculating checksum...OK, checksum verified")
-                        else:
-                            task.log("calculating checksum...")
-                            raise TaskFailed(f"checksum mismatch: got '{got}' != expect '{p['checksum']}'")
-                    if content == "import" and not name.endswith(".ova"):
-                        from tests.pvesim.storage import image_info
+    def _upload(self, p: dict[str, Any], user: str, tmpfile: Path, via: str) -> str:
+        node = self.current_node
+        sdef = self._storage(p["storage"])
+        remote = node != via
+        if remote and not self.nodes[node].online:
+            address = loopback_address(list(self.nodes).index(node))
+            raise die(f"can't activate storage '{sdef.id}' on node '{node}': command '/usr/bin/ssh -e none -o "
+                      f"BatchMode=yes -o HostKeyAlias={node} root@{address} -- /usr/sbin/pvesm status --storage "
+                      f"{sdef.id}' failed: exit code 255")
+        if not sdef.has_path:
+            raise die(f"can't upload to storage type '{sdef.type}'")
+        content = p["content"]
+        name = normalize_content_filename(p["filename"])
+        if content == "iso":
+            if not re.search(r"[^/]+\.(?:iso|img)$", name, re.I):
+                raise ParamError({"filename": "wrong file extension"})
+        elif content == "vztmpl":
+            if not re.search(r"[^/]+\.tar\.(gz|xz|zst|bz2)$", name, re.I):
+                raise ParamError({"filename": "wrong file extension"})
+        elif content == "import" and not re.search(r"^[a-zA-Z0-9\-\.\+\=\_]+\.(ova|qcow2|raw|vmdk)$", name):
+            raise ParamError({"filename": "invalid filename or wrong extension"})
+        if content not in sdef.content:
+            raise die(f"storage '{sdef.id}' does not support '{content}' content")
+        dest = self.storages.content_dir(sdef, node, content) / name
+        size = tmpfile.stat().st_size
 
-                        try:
-                            image_info(tmpfile, name.rsplit(".", 1)[-1])
-                        except ValueError as exc:
-                            raise TaskFailed(str(exc)) from None
-                except TaskFailed:
-                    tmpfile.unlink(missing_ok=True)
-                    raise
-                task.log(f"target node: {self.node}")
-                task.log(f"target file: {dest}")
-                task.log(f"file size is: {size}")
+        def work(task: Task) -> None:
+            task.log(f"starting file import from: {tmpfile}")
+            try:
+                algo = p.get("checksum-algorithm")
+                if algo:
+                    got = hash_file(algo, tmpfile)
+                    if got.lower() == str(p["checksum"]).lower():
+                        task.log("calculating checksum...OK, checksum verified")
+                    else:
+                        task.log("calculating checksum...")
+                        raise TaskFailed(f"checksum mismatch: got '{got}' != expect '{p['checksum']}'")
+                if content == "import" and not name.endswith(".ova"):
+                    from tests.pvesim.storage import image_info
+
+                    try:
+                        image_info(tmpfile, name.rsplit(".", 1)[-1])
+                    except ValueError as exc:
+                        raise TaskFailed(str(exc)) from None
+            except TaskFailed:
+                tmpfile.unlink(missing_ok=True)
+                raise
+            task.log(f"target node: {node}")
+            task.log(f"target file: {dest}")
+            task.log(f"file size is: {size}")
+            if remote:
+                address = loopback_address(list(self.nodes).index(node))
+                task.log(f"command: /usr/bin/scp -o BatchMode=yes -p -- {tmpfile} [{address}]:{dest}")
+            else:
                 task.log(f"command: cp -- {tmpfile} {dest}")
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                tmpfile.replace(dest)  # same file system: the "copy" is a rename
-                with self.lock:
-                    self.storages.add_file(sdef, content, name, dest)
-                task.log("finished file import successfully")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmpfile.replace(dest)  # same file system: the "copy" is a rename
+            with self.lock:
+                self.storages.add_file(sdef, node, content, name, dest)
+            task.log("finished file import successfully")
 
-            return self._task("imgcopy", "", user, work, on_error=lambda t, e: tmpfile.unlink(missing_ok=True))
+        self._local.node = via  # the worker runs where the body arrived (UPID:<that node>:...)
+        return self._task("imgcopy", "", user, work, on_error=lambda t, e: tmpfile.unlink(missing_ok=True))
 
     @route("POST", "/nodes/{node}/storage/{storage}/upload")
     def upload_without_file(self, p: dict[str, Any], user: str) -> Any:
@@ -427,7 +643,8 @@ class PveApi:
         if content not in sdef.content:
             raise die(f"storage '{sdef.id}' is not configured for content-type '{content}'")
         name = normalize_content_filename(p["filename"])
-        dest = sdef.content_dir(content) / name
+        node = self.current_node
+        dest = self.storages.content_dir(sdef, node, content) / name
         url = p["url"]
 
         def work(task: Task) -> None:
@@ -460,27 +677,33 @@ class PveApi:
             finally:
                 tmp.unlink(missing_ok=True)
             with self.lock:
-                self.storages.add_file(sdef, content, name, dest)
+                self.storages.add_file(sdef, node, content, name, dest)
             task.log(f"download of '{url}' to '{dest}' finished")
 
         return self._task("download", sdef.id, user, work)
 
     # --- tasks --------------------------------------------------------------------------------
-    def _get_task(self, upid: str) -> Task:
+    def _get_task(self, upid: str, user: str, priv: str = "Sys.Audit") -> Task:
+        # pve-manager PVE/API2/Tasks.pm: the UPID is decoded ("unable to parse worker upid"), its log file
+        # must exist on this node ("no such task": a task of another node is not there), and a user who
+        # does not own the task needs Sys.Audit (Sys.Modify to stop it) on /nodes/<node>
         task = self.tasks.get(upid)
-        if task is None:
+        if task is None or task.node != self.current_node:
             if not re.match(r"^UPID:[^:]+:[0-9A-F]{8}:[0-9A-F]{8,9}:[0-9A-F]{8}:[^:]+:[^:]*:[^:]+:$", upid):
-                raise die(f"unable to parse worker upid '{upid}'")
-            raise die("no such task")
+                raise ParamError({"upid": "unable to parse worker upid"})
+            raise ParamError({"upid": "no such task"})
+        owner, _, tokenid = task.user.partition("!")
+        if not (user == task.user or (tokenid and user == owner)):
+            self.access.check(user, f"/nodes/{self.current_node}", [priv])
         return task
 
     @route("GET", "/nodes/{node}/tasks/{upid}/status")
     def task_status(self, p: dict[str, Any], user: str) -> Any:
-        return self._get_task(p["upid"]).status_dict()
+        return self._get_task(p["upid"], user).status_dict()
 
     @route("GET", "/nodes/{node}/tasks/{upid}/log")
     def task_log(self, p: dict[str, Any], user: str) -> Any:
-        task = self._get_task(p["upid"])
+        task = self._get_task(p["upid"], user)
         start = int(p.get("start") or 0)
         limit = int(p.get("limit") or 50)
         lines = task.lines if task.lines else [(0.0, "no content")]
@@ -490,7 +713,10 @@ class PveApi:
     @route("GET", "/nodes/{node}/tasks")
     def task_list(self, p: dict[str, Any], user: str) -> Any:
         out = []
+        auditor = self.access.has(user, f"/nodes/{self.current_node}", ["Sys.Audit"])
         for task in sorted(self.tasks.tasks.values(), key=lambda t: -t.starttime):
+            if task.node != self.current_node or not (auditor or task.user == user):
+                continue
             if p.get("vmid") is not None and task.id != perl_str(p["vmid"]):
                 continue
             if p.get("typefilter") and task.type != p["typefilter"]:
@@ -507,7 +733,7 @@ class PveApi:
 
     @route("DELETE", "/nodes/{node}/tasks/{upid}")
     def task_stop(self, p: dict[str, Any], user: str) -> Any:
-        task = self._get_task(p["upid"])
+        task = self._get_task(p["upid"], user, "Sys.Modify")
         task.stop_requested.set()
         return None
 
@@ -520,7 +746,7 @@ class PveApi:
     def _vm_summary(self, vm: VM) -> dict[str, Any]:
         running = self._running(vm.vmid)
         out: dict[str, Any] = {
-            "vmid": vm.vmid, "name": vm.config.get("name", f"VM {vm.vmid}"), "node": self.node,
+            "vmid": vm.vmid, "name": vm.config.get("name", f"VM {vm.vmid}"), "node": vm.node,
             "status": "running" if running else "stopped", "maxmem": self._maxmem(vm),
             "cpus": int(vm.config.get("cores", "1")) * int(vm.config.get("sockets", "1")),
             "maxdisk": sum(v.size for v in self._vm_volumes(vm)), "uptime": int(time.monotonic() - vm.started)
@@ -542,14 +768,16 @@ class PveApi:
                 drive = self._parse(fmt_key, value)
                 if drive.get("media") == "cdrom":
                     continue
-                vol = self._volume(drive.get("file", ""))
+                vol = self._volume(drive.get("file", ""), vm.node)
                 if vol is not None:
                     vols.append(vol)
         return vols
 
     @route("GET", "/nodes/{node}/qemu")
     def vm_list(self, p: dict[str, Any], user: str) -> Any:
-        return [self._vm_summary(vm) for vm in sorted(self.vms.values(), key=lambda v: v.vmid)]
+        # qemu-server vmlist: the VMs of this node the user has VM.Audit on
+        return [self._vm_summary(vm) for vm in sorted(self.vms.values(), key=lambda v: v.vmid)
+                if vm.node == self.current_node and self.access.has(user, f"/vms/{vm.vmid}", ["VM.Audit"])]
 
     @route("GET", "/nodes/{node}/qemu/{vmid}/status/current")
     def vm_status(self, p: dict[str, Any], user: str) -> Any:
@@ -650,7 +878,7 @@ class PveApi:
                     raise TaskFailed(f"volume '{source}' does not exist")
                 if task:
                     task.log(f"importing disk '{source}' to VM {vmid} ...")
-                vol = self.storages.alloc_copy(sdef, vmid, src)
+                vol = self.storages.alloc_copy(sdef, self.current_node, vmid, src)
                 if task:
                     task.log(f"  Logical volume \"{Path(vol.volname).name}\" created.")
                     task.log(f"transferred {format_size(src.size)} of {format_size(src.size)} (100.00%)")
@@ -659,7 +887,7 @@ class PveApi:
                 size = int(float(m.group(3)) * (1 << 30))
                 if size <= 0:
                     raise TaskFailed("unable to create image: size must be greater than zero")
-                vol = self.storages.alloc_blank(sdef, vmid, size)
+                vol = self.storages.alloc_blank(sdef, self.current_node, vmid, size)
                 if task:
                     task.log(f"  Logical volume \"{Path(vol.volname).name}\" created.")
             drive["file"] = vol.volid
@@ -679,15 +907,78 @@ class PveApi:
         vol = self._volume(drive.get("file", ""))
         if vol is None:
             return
-        if vol.volid.split(":", 1)[1].startswith("base-") and self.storages.clones_of(vol.volid):
+        if vol.volid.split(":", 1)[1].startswith("base-") and self.storages.clones_of(vol):
             raise TaskFailed(f"base volume '{vol.volname}' is still in use by linked cloned")
-        self.storages.free(vol.volid)
+        self.storages.free(vol)
 
     def _next_unused(self, config: dict[str, str]) -> str:
         for i in range(256):
             if f"unused{i}" not in config:
                 return f"unused{i}"
         raise TaskFailed("too many unused volumes")
+
+    def check_modify_config_perm(self, user: str, vmid: int, keys: list[str]) -> None:
+        """qemu-server src/PVE/API2/Qemu.pm $check_vm_modify_config_perm."""
+        path = f"/vms/{vmid}"
+        for key in keys:
+            if DRIVE_RE.match(key) or key == "cdrom" or key == "tags" or key in NOT_CONFIG:
+                continue
+            if re.match(r"^(unused|serial|usb|hostpci|virtiofs)\d+$", key):
+                continue
+            if re.match(r"^numa\d+$", key):
+                self.access.check(user, path, ["VM.Config.CPU"])
+            elif key in CONFIG_PRIVS:
+                self.access.check(user, path, [CONFIG_PRIVS[key]])
+                if key == "startup":
+                    self.access.check(user, "/", ["Sys.Modify"])
+            elif re.match(r"^net\d+$", key):
+                self.access.check(user, path, ["VM.Config.Network"])
+            elif key in CLOUDINIT_OPTIONS or re.match(r"^ipconfig\d+$", key):
+                self.access.check(user, path, ["VM.Config.Cloudinit", "VM.Config.Network"], any_of=True)
+            else:
+                raise die(f"only root can set '{key}' config")
+
+    def check_storage_access(self, user: str, vmid: int, drives: dict[str, Any]) -> None:
+        """qemu-server src/PVE/API2/Qemu.pm $check_storage_access: new disks need Datastore.AllocateSpace on
+        their storage; existing volumes and import sources pve-storage's check_volume_access."""
+        for drive in drives.values():
+            volid = drive.get("file", "")
+            cdrom = drive.get("media") == "cdrom"
+            if volid in ("", "none", "cloudinit"):
+                pass
+            elif cdrom and volid == "cdrom":
+                self.access.check(user, "/", ["Sys.Console"])
+            elif not cdrom and (m := NEW_DISK_RE.match(volid)):
+                self.access.check(user, f"/storage/{m.group(2)}", ["Datastore.AllocateSpace"])
+            else:
+                self.check_volume_access(user, volid, self._volume(volid), vmid)
+            if drive.get("import-from"):
+                source = drive["import-from"]
+                self.check_volume_access(user, source, self._volume(source), vmid)
+
+    def check_bridge_access(self, user: str, p: dict[str, Any]) -> None:
+        """qemu-server check_bridge_access -> pve-guest-common src/PVE/GuestHelpers.pm check_vnet_access:
+        SDN.Use on /sdn/zones/<zone>/<bridge> (zone 'localnetwork' for a plain Linux bridge), or on
+        .../<bridge>/<tag> for a tagged NIC."""
+        for key, value in p.items():
+            if not re.match(r"^net\d+$", key):
+                continue
+            net = self._parse(key, perl_str(value))
+            bridge = net.get("bridge")
+            if not bridge:
+                continue
+            zone = self.sdn.zone_of(bridge) or "localnetwork"
+            path = f"/sdn/zones/{zone}/{bridge}" + (f"/{net['tag']}" if net.get("tag") else "")
+            self.access.check(user, path, ["SDN.Use"])
+
+    def _check_serial_perm(self, user: str, vmid: int, p: dict[str, Any]) -> None:
+        # qemu-server $check_vm_create_serial_perm: 8.4 wants VM.Config.HWType for a socket (and root for a
+        # real device); 9.x checks nothing more here
+        for key, value in p.items():
+            if re.match(r"^serial\d+$", key) and self.schema.version == "8.4":
+                if perl_str(value) != "socket":
+                    raise die(f"only root can set '{key}' config for real devices")
+                self.access.check(user, f"/vms/{vmid}", ["VM.Config.HWType"])
 
     def _check_config_params(self, vm_config: dict[str, str], p: dict[str, Any], vmid: int) -> dict[str, Any]:
         """Synchronous checks of a create/config request; returns the parsed drives."""
@@ -742,10 +1033,21 @@ class PveApi:
         vmid = int(p["vmid"])
         if p.get("archive"):
             raise die("pvesim: restore from backup archive is not simulated")
+        # qemu-server src/PVE/API2/Qemu.pm create_vm: the checks come before the config is created
+        if p.get("storage"):
+            self.access.check(user, f"/storage/{p['storage']}", ["Datastore.AllocateSpace"])
+        if p.get("start") == "1" and self.schema.version != "8.4":
+            self.access.check(user, f"/vms/{vmid}", ["VM.PowerMgmt"])
+        if not self.access.has(user, f"/vms/{vmid}", ["VM.Allocate"]):
+            raise perm_error()
+        drives = self._check_config_params({}, p, vmid)
+        self.check_storage_access(user, vmid, drives)
+        self.check_modify_config_perm(user, vmid, list(p))
+        self._check_serial_perm(user, vmid, p)
+        self.check_bridge_access(user, p)
         if vmid in self.vms:
             raise die(f"unable to create VM {vmid}: config file already exists")
-        drives = self._check_config_params({}, p, vmid)
-        vm = VM(vmid, {}, lock="create")
+        vm = VM(vmid, {}, lock="create", node=self.current_node)
         self.vms[vmid] = vm
 
         def work(task: Task) -> None:
@@ -781,6 +1083,15 @@ class PveApi:
                 if DRIVE_RE.match(key) and self._parse(key, p[key]).get("media") != "cdrom":
                     raise die(f"unable to change disk '{key}' of a template")
         drives = self._check_config_params(vm.config, p, vm.vmid)
+        # qemu-server src/PVE/API2/Qemu.pm $update_vm_api: the options deleted and set, the storages,
+        # the bridges, and per drive VM.Config.CDROM (a CD-ROM) or VM.Config.Disk
+        self.check_modify_config_perm(user, vm.vmid, formats.split_list(p.get("delete", "")))
+        self.check_modify_config_perm(user, vm.vmid, list(p))
+        self.check_storage_access(user, vm.vmid, drives)
+        self.check_bridge_access(user, p)
+        for drive in drives.values():
+            cdrom = drive.get("media") == "cdrom" or drive.get("file") in ("none", "cdrom")
+            self.access.check(user, f"/vms/{vm.vmid}", ["VM.Config.CDROM" if cdrom else "VM.Config.Disk"])
         if sync:
             try:
                 self._apply_config(vm, p, drives, None)
@@ -847,7 +1158,7 @@ class PveApi:
             for key, value in vm.config.items():
                 if re.match(r"^net\d+$", key):
                     bridge = self._parse(key, value).get("bridge")
-                    if bridge and bridge not in self.bridges:
+                    if bridge and not self.bridge_exists(vm.node, bridge):
                         raise TaskFailed(f"bridge '{bridge}' does not exist")
             files = self.disk_files(vm)
             config = dict(vm.config)
@@ -921,7 +1232,7 @@ class PveApi:
     def _console_after_2026_04(self) -> bool:
         """qemu-server commits 282ec11d and c9ee34b5 (2026-04; our 9.1 schema has them): a VNC password always,
         the ticket prefixed with it and bound to the port."""
-        return not str(getattr(self, "pve_version", "8.4")).startswith("8.")
+        return not self.schema.version.startswith("8.")
 
     @route("POST", "/nodes/{node}/qemu/{vmid}/vncproxy")
     def vncproxy(self, p: dict[str, Any], user: str) -> Any:
@@ -988,12 +1299,22 @@ class PveApi:
 
     @route("POST", "/nodes/{node}/qemu/{vmid}/clone")
     def vm_clone(self, p: dict[str, Any], user: str) -> Any:
+        # qemu-server src/PVE/API2/Qemu.pm clone_vm ($load_and_check, $check_storage_access_clone)
         src = self._vm(p["vmid"])
         newid = int(p["newid"])
+        target = p.get("target") if p.get("target") not in (None, self.current_node, "localhost") else None
+        if target:
+            self._check_node(target)  # PVE::Cluster::check_node_exists
         if p.get("snapname"):
             raise die(f"snapshot '{p['snapname']}' does not exist")
-        if p.get("target") and p["target"] != self.node:
-            self._check_node(p["target"])
+        target_storage = self._storage(p["storage"]) if p.get("storage") else None
+        if target_storage and "images" not in target_storage.content:
+            raise ParamError({"storage": f"storage '{target_storage.id}' does not support vm images"})
+        if target_storage and target:
+            if not self.storages.enabled_on(target_storage, target):
+                raise die(f"storage '{target_storage.id}' is not available on node '{target}'")
+            if not target_storage.shared:
+                raise die(f"can't clone to non-shared storage '{target_storage.id}'")
         if not src.is_template:
             self._check_lock(src)
         full = p["full"] == "1" if p.get("full") is not None else not src.is_template
@@ -1001,11 +1322,26 @@ class PveApi:
             raise die("parameter 'storage' not allowed for linked clones")
         if not full and p.get("format"):
             raise die("parameter 'format' not allowed for linked clones")
+        shared_vm = True
+        for key in sorted(src.config):
+            if DRIVE_RE.match(key):
+                drive = self._parse(key, src.config[key])
+                volid = drive.get("file", "")
+                if volid in ("", "none"):
+                    continue
+                if drive.get("media") == "cdrom" and volid == "cdrom":
+                    self.access.check(user, "/", ["Sys.Console"])
+                    continue
+                sdef = self.storages.get(volid.split(":", 1)[0])
+                shared_vm = shared_vm and sdef is not None and sdef.shared
+                if drive.get("media") != "cdrom":
+                    sid = target_storage.id if target_storage else volid.split(":", 1)[0]
+                    self.access.check(user, f"/storage/{sid}", ["Datastore.AllocateSpace"])
+        self.check_bridge_access(user, src.config)
+        if target and not shared_vm:
+            raise die(f"can't clone VM to node '{target}' (VM uses local storage)")
         if newid in self.vms:
             raise die(f"unable to create VM {newid}: config file already exists")
-        target_storage = self._storage(p["storage"]) if p.get("storage") else None
-        if target_storage and "images" not in target_storage.content:
-            raise die(f"storage '{target_storage.id}' does not support vm images")
         disks: list[tuple[str, dict[str, Any], Volume]] = []
         for key in sorted(src.config):
             if not DRIVE_RE.match(key):
@@ -1019,7 +1355,7 @@ class PveApi:
             if not full and not Path(vol.volname).name.startswith("base-"):
                 raise die(f"linked clone feature is not supported for drive '{key}'")
             disks.append((key, drive, vol))
-        new = VM(newid, {}, lock="clone")
+        new = VM(newid, {}, lock="clone", node=target or self.current_node)
         self.vms[newid] = new
         if not src.is_template:
             src.lock = "clone"
@@ -1039,7 +1375,9 @@ class PveApi:
                 for key, drive, vol in disks:
                     sdef = target_storage or self._storage(vol.storage)
                     task.log(f"create {'full' if full else 'linked'} clone of drive {key} ({vol.volid})")
-                    newvol = self.storages.alloc_copy(sdef, newid, vol) if full else self.storages.alloc_linked(sdef, newid, vol)
+                    node = new.node
+                    newvol = (self.storages.alloc_copy(sdef, node, newid, vol) if full
+                              else self.storages.alloc_linked(sdef, node, newid, vol))
                     drive = dict(drive, file=newvol.volid, size=newvol.size)
                     config[key] = print_property_string(drive, self._drive_format(key))
                 config["smbios1"] = f"uuid={uuid.uuid4()}"
@@ -1058,8 +1396,8 @@ class PveApi:
                             self._free_drive_value(key, value)
                         except TaskFailed:
                             pass
-                for vol in [v for v in self.storages.volumes.values() if v.vmid == newid]:
-                    self.storages.free(vol.volid)
+                for vol in [v for v in self.storages.visible(new.node) if v.vmid == newid]:
+                    self.storages.free(vol)
                 self.vms.pop(newid, None)
                 if src.lock == "clone":
                     src.lock = None
@@ -1084,8 +1422,8 @@ class PveApi:
                             if drive.get("media") != "cdrom":
                                 task.log(f"  Logical volume \"{Path(drive['file'].split(':', 1)[1]).name}\" successfully removed.")  # noqa: E501
                 if p.get("destroy-unreferenced-disks", "1") == "1":
-                    for vol in [v for v in self.storages.volumes.values() if v.vmid == vm.vmid and v.content == "images"]:
-                        self.storages.free(vol.volid)
+                    for vol in [v for v in self.storages.visible(vm.node) if v.vmid == vm.vmid and v.content == "images"]:
+                        self.storages.free(vol)
                 self.vms.pop(vm.vmid, None)
 
         def undo(task: Task, error: str) -> None:
@@ -1095,10 +1433,9 @@ class PveApi:
         return self._task("qmdestroy", str(vm.vmid), user, work, vm.vmid, on_error=undo)
 
     # --- guest agent --------------------------------------------------------------------------------
-    @staticmethod
-    def _agent_enabled(value: str) -> bool:
+    def _agent_enabled(self, value: str) -> bool:
         try:
-            parsed = parse_property_string(formats_agent(), value)
+            parsed = parse_property_string(self.create_props["agent"]["format"], value)
         except FormatError:
             return False
         return parsed.get("enabled") == "1"
@@ -1140,13 +1477,6 @@ class PveApi:
         return {"result": {}}
 
 
-_AGENT_FMT: dict[str, Any] = {}
-
-
-def formats_agent() -> dict[str, Any]:
-    return _AGENT_FMT
-
-
 def normalize_content_filename(name: str) -> str:
     """``PVE::Storage::normalize_content_filename``."""
     name = name.rstrip("\n")
@@ -1160,3 +1490,9 @@ def hash_file(algo: str, path: Path) -> str:
         while chunk := fh.read(4 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def served_routes() -> set[tuple[str, str]]:
+    """(method, path template) of every API method the simulator implements."""
+    return {fn.route for cls in (PveApi, SdnApi) for fn in vars(cls).values()
+            if callable(fn) and getattr(fn, "route", None)}

@@ -9,6 +9,7 @@ the same disks and CD-ROMs in QEMU so the agent reports the real guest's address
 from __future__ import annotations
 
 import abc
+import re
 import socket
 import threading
 import time
@@ -230,27 +231,9 @@ def interfaces_from_config(config: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _net_mac(net: str) -> str:
-    from tests.pvesim.schema import parse_property_string
-
-    for fmt_key in ("macaddr",):
-        try:
-            parsed = parse_property_string(_net_format(), net)
-            return str(parsed.get(fmt_key) or "BC:24:11:00:00:00")
-        except Exception:
-            break
-    return "BC:24:11:00:00:00"
-
-
-_NET_FMT: dict[str, Any] = {}
-
-
-def set_net_format(fmt: dict[str, Any]) -> None:
-    _NET_FMT.clear()
-    _NET_FMT.update(fmt)
-
-
-def _net_format() -> dict[str, Any]:
-    return _NET_FMT
+    """The MAC of a ``netN`` value as the simulator stores it (``virtio=BC:24:11:..,bridge=..``)."""
+    m = re.search(r"(?:^|,)(?:[a-z0-9_-]+|macaddr)=((?:[0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2})(?:,|$)", net)
+    return m.group(1) if m else "BC:24:11:00:00:00"
 
 
 def _link_local(mac: str) -> str:

@@ -2,8 +2,10 @@
 
 Use from a test package's conftest.py:
 
-    from tests.pvesim.fixtures import pve_sim, pve_sim_factory  # noqa: F401
+    from tests.pvesim.fixtures import pve_sim, pve_sim_factory, pve_version  # noqa: F401
 
+Every test that uses ``pve_sim`` or ``pve_sim_factory`` runs once per supported PVE version (the
+``pve_version`` fixture: 9.1, the default, and 8.4), each against that version's own API schema.
 ``pve_sim`` yields a started simulator (FakeBackend) and stops it afterwards. A request the
 simulator rejected (schema, unknown path, oversized body ...) fails the test that sent it, at
 teardown, unless the test consumed it with ``pve_sim.take_rejections()`` or
@@ -29,9 +31,17 @@ def _finish(sim: PveSimulator) -> None:
                     pytrace=False)
 
 
+PVE_VERSIONS = ("9.1", "8.4")  # the default first
+
+
+@pytest.fixture(params=PVE_VERSIONS, ids=lambda v: f"pve{v}")
+def pve_version(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def pve_sim() -> Iterator[PveSimulator]:
-    sim = PveSimulator().start()
+def pve_sim(pve_version: str) -> Iterator[PveSimulator]:
+    sim = PveSimulator(version=pve_version).start()
     try:
         yield sim
     finally:
@@ -39,11 +49,13 @@ def pve_sim() -> Iterator[PveSimulator]:
 
 
 @pytest.fixture
-def pve_sim_factory() -> Iterator[Callable[..., PveSimulator]]:
-    """Start simulators with custom options: ``sim = pve_sim_factory(backend=..., task_duration=1)``."""
+def pve_sim_factory(pve_version: str) -> Iterator[Callable[..., PveSimulator]]:
+    """Start simulators with custom options: ``sim = pve_sim_factory(backend=..., task_duration=1)`` (of the
+    test's PVE version unless *version* is given)."""
     started: list[PveSimulator] = []
 
     def make(**options: Any) -> PveSimulator:
+        options.setdefault("version", pve_version)
         sim = PveSimulator(**options).start()
         started.append(sim)
         return sim

@@ -39,6 +39,11 @@ NUMBERED = {
     "numa": 8,
     "parallel": 3,
     "virtiofs": 10,
+    # numbered options of methods the simulator does not serve (so only their names must parse):
+    "mp": 256,  # pve-container PVE/LXC/Config.pm $MAX_MOUNT_POINTS
+    "dev": 256,  # pve-container PVE/LXC/Config.pm $MAX_DEVICES
+    "link": 8,  # pve-cluster PVE/Corosync.pm $MAX_LINK_INDEX = 7 (link0..link7)
+    "acmedomain": 5,  # pve-manager PVE/NodeConfig.pm $MAXDOMAINS
 }
 
 
@@ -343,7 +348,38 @@ def verify_phys_bits(v: str) -> None:
         raise FormatError(msg)
 
 
+def parse_sdn_id(kind: str) -> Callable[[str], None]:
+    """pve-network src/PVE/Network/SDN/Zones/Plugin.pm parse_sdn_zone_id (VnetPlugin.pm: parse_sdn_vnet_id)."""
+
+    def check(v: str) -> None:
+        if not _m(r"^[a-z][a-z0-9]*[a-z0-9]$", v, re.I):
+            raise FormatError(f"{kind} ID '{v}' contains illegal characters\n")
+        if len(v) > 8:
+            raise FormatError(f"{kind} ID '{v}' can't be more length than 8 characters\n")
+
+    return check
+
+
+def parse_sdn_subnet_id(v: str) -> None:
+    """pve-network src/PVE/Network/SDN/SubnetPlugin.pm parse_sdn_subnet_id: a CIDR or <zone>-<ip>-<mask>."""
+    cidr = v if "/" in v else "/".join(v.split("-")[1:3])
+    try:
+        pve_verify_cidr(cidr)
+    except FormatError:
+        raise FormatError("value does not look like a valid CIDR network\n") from None
+
+
+def pve_verify_node_list(v: str) -> None:
+    """pve-common: pve-node-list, a list of node names."""
+    for item in split_list(v):
+        pve_verify_node_name(item)
+
+
 CODE_FORMATS: dict[str, Callable[[str], None]] = {
+    "pve-sdn-zone-id": parse_sdn_id("zone"),
+    "pve-sdn-vnet-id": parse_sdn_id("vnet"),
+    "pve-sdn-subnet-id": parse_sdn_subnet_id,
+    "pve-node-list": pve_verify_node_list,
     "string": lambda v: None,
     "urlencoded": pve_verify_urlencoded,
     "pve-configid": pve_verify_configid,
@@ -447,7 +483,14 @@ SMBIOS1_FMT: dict[str, dict[str, Any]] = {
     "base64": {"type": "boolean", **_OPT},
 }
 
+# pve-network src/PVE/Network/SDN/SubnetPlugin.pm $dhcp_range_fmt
+DHCP_RANGE_FMT: dict[str, dict[str, Any]] = {
+    "start-address": {"type": "ip"},
+    "end-address": {"type": "ip"},
+}
+
 HASH_FORMATS: dict[str, dict[str, dict[str, Any]]] = {
+    "pve-sdn-dhcp-range": DHCP_RANGE_FMT,
     "pve-qm-boot": BOOT_FMT,
     "pve-qm-ipconfig": IPCONFIG_FMT,
     "pve-qm-cicustom": CICUSTOM_FMT,
@@ -455,7 +498,7 @@ HASH_FORMATS: dict[str, dict[str, dict[str, Any]]] = {
     "pve-qm-watchdog": WATCHDOG_FMT,
     "pve-qm-rng": RNG_FMT,
     "pve-qm-smbios1": SMBIOS1_FMT,
-    # "pve-qm-ide" is the ide[n] drive format; schema.py fills it in from the schema file.
+    # "pve-qm-ide" (the cdrom option) is the ide[n] drive format: schema.py inlines each version's own.
 }
 
 HASH_VALIDATORS: dict[str, Callable[[dict[str, Any]], None]] = {
@@ -464,7 +507,8 @@ HASH_VALIDATORS: dict[str, Callable[[dict[str, Any]], None]] = {
 
 # Formats the schema names but this simulator does not model (passthrough hardware, SEV): a
 # request using them is rejected and recorded, so a client depending on them is noticed.
-NOT_SIMULATED = {"pve-qm-hostpci", "pve-qemu-sev-fmt"}
+NOT_SIMULATED = {"pve-qm-hostpci", "pve-qemu-sev-fmt", "pve-qemu-tdx-fmt",
+                 "pve-sdn-bgp-rt", "pve-sdn-fabric-id"}  # EVPN zones and fabrics: not simulated
 
 
 def split_list(text: str) -> list[str]:

@@ -68,7 +68,7 @@ class QemuBackend(VMBackend):
         from tests.pvesim.schema import ApiSchema
 
         if not self._formats:
-            props = ApiSchema().find("POST", "/nodes/{node}/qemu").properties
+            props = ApiSchema.load().find("POST", "/nodes/{node}/qemu").properties
             self._formats = {k: props[k]["format"] for k in ("net0", "agent", "vga", "memory", "ipconfig0")}
             self._formats["ipconfig0"] = "pve-qm-ipconfig"
         vmdir = self._dir(vmid)

@@ -13,6 +13,7 @@ Values arrive as strings (form encoding) or as JSON values; ``bool`` stands for 
 from __future__ import annotations
 
 import json
+import lzma
 import re
 from dataclasses import dataclass, field
 from functools import cache
@@ -23,8 +24,6 @@ from tests.pvesim import formats
 from tests.pvesim.formats import FormatError
 
 DATA = Path(__file__).resolve().parent / "data"
-SCHEMA_FILE = DATA / "pve-8.4-api.json"
-ALL_METHODS_FILE = DATA / "pve-8.4-methods.json"
 
 
 def perl_str(value: Any) -> str:
@@ -361,44 +360,95 @@ def _path_regex(template: str) -> re.Pattern[str]:
     return re.compile("^/" + "/".join(parts) + "/*$")
 
 
-class ApiSchema:
-    """The endpoints the simulator serves, with their PVE 8.4 parameter schemas."""
+SUPPORTED_VERSIONS = ("8.4", "9.1")
+DEFAULT_VERSION = "9.1"
 
-    def __init__(self, path: Path = SCHEMA_FILE) -> None:
+
+def schema_file(version: str) -> Path:
+    return DATA / f"pve-{version}-apidoc.json.xz"
+
+
+def _inline_named_hash_formats(node: Any, formats_by_name: dict[str, dict[str, Any]]) -> Any:
+    """The schema with ``format: "pve-qm-ide"`` (a hash format qemu-server registers from its own ide[n]
+    drive schema) replaced by that drive schema, so each version's schema carries its own."""
+    if isinstance(node, dict):
+        out = {k: _inline_named_hash_formats(v, formats_by_name) for k, v in node.items()}
+        if isinstance(out.get("format"), str) and out["format"] in formats_by_name:
+            out["format"] = formats_by_name[out["format"]]
+        return out
+    if isinstance(node, list):
+        return [_inline_named_hash_formats(v, formats_by_name) for v in node]
+    return node
+
+
+class ApiSchema:
+    """Every method of one PVE version's API (pve-docs apidata.js), with its parameter schema.
+
+    ``version`` is "8.4" or "9.1" (the files in data/); build it with ``ApiSchema.load(version)``, which
+    parses each version once per process (the objects are read-only)."""
+
+    def __init__(self, version: str = DEFAULT_VERSION) -> None:
+        if version not in SUPPORTED_VERSIONS:
+            raise ValueError(f"no PVE API schema for version {version!r} (have: {', '.join(SUPPORTED_VERSIONS)})")
+        self.version = version
+        tree = json.loads(lzma.decompress(schema_file(version).read_bytes()))
+        found: list[tuple[str, str, dict[str, Any]]] = []
+
+        def walk(node: dict[str, Any]) -> None:
+            for method, info in (node.get("info") or {}).items():
+                found.append((method, node["path"], info))
+            for child in node.get("children") or []:
+                walk(child)
+
+        for top in tree:
+            walk(top)
+        create = next(info for m, p, info in found if (m, p) == ("POST", "/nodes/{node}/qemu"))
+        named = {"pve-qm-ide": create["parameters"]["properties"]["ide[n]"]["format"]}
         self.endpoints: list[Endpoint] = []
-        for entry in json.loads(path.read_text()):
-            params = dict(entry["info"].get("parameters") or {})
+        self._by_method: dict[str, list[Endpoint]] = {}
+        for method, path, info in found:
+            params = _inline_named_hash_formats(dict(info.get("parameters") or {}), named)
             if "properties" in params:
                 params["properties"] = _expand_numbered(params["properties"])
-            self.endpoints.append(
-                Endpoint(entry["method"], entry["path"], entry["info"], _path_regex(entry["path"]), params)
-            )
-        # 'cdrom' uses the named format pve-qm-ide: the ide[n] drive format of the same schema.
-        create = self.find("POST", "/nodes/{node}/qemu")
-        formats.HASH_FORMATS.setdefault("pve-qm-ide", create.properties["ide0"]["format"])
-        try:
-            self.all_methods = {tuple(x) for x in json.loads(ALL_METHODS_FILE.read_text())}
-        except FileNotFoundError:  # pragma: no cover - data file is part of the package
-            self.all_methods = set()
+            ep = Endpoint(method, path, info, _path_regex(path), params)
+            self.endpoints.append(ep)
+            self._by_method.setdefault(method, []).append(ep)
+        # literal segments before {placeholders}: /cluster/sdn/vnets must win over /cluster/sdn/{x} ...
+        for eps in self._by_method.values():
+            eps.sort(key=lambda e: [(1, "") if s.startswith("{") else (0, s) for s in e.path.split("/")])
+
+    @staticmethod
+    @cache
+    def load(version: str = DEFAULT_VERSION) -> ApiSchema:
+        return ApiSchema(version)
 
     def find(self, method: str, template: str) -> Endpoint:
-        for ep in self.endpoints:
-            if ep.method == method and ep.path == template:
+        for ep in self._by_method.get(method, []):
+            if ep.path == template:
                 return ep
         raise KeyError((method, template))
 
     def match(self, method: str, path: str) -> tuple[Endpoint, dict[str, str]] | None:
-        for ep in self.endpoints:
-            if ep.method != method:
-                continue
+        for ep in self._by_method.get(method, []):
             m = ep.regex.match(path)
             if m:
                 return ep, m.groupdict()
         return None
 
-    def exists_in_pve(self, method: str, path: str) -> bool:
-        """Whether PVE 8.4 has this method at all (for a clearer 'not simulated' diagnosis)."""
-        return any(m == method and _path_regex(template).match(path) for m, template in self.all_methods)
+    @staticmethod
+    def normalize(endpoint: Endpoint, params: dict[str, Any]) -> None:
+        """pve-common src/PVE/RESTHandler.pm $normalize_legacy_param_formats (before validation): a single
+        form value of an array parameter becomes a one-element array (repeated form keys arrive joined by
+        NUL: each is an element); an array given for a ``-list`` string is joined with commas."""
+        for key, value in list(params.items()):
+            schema = endpoint.properties.get(key)
+            if not schema or value in (None, ""):
+                continue
+            fmt = schema.get("format") if isinstance(schema.get("format"), str) else ""
+            if isinstance(value, list) and schema.get("type") == "string" and str(fmt).endswith("-list"):
+                params[key] = ",".join(map(str, value))
+            elif not isinstance(value, list) and schema.get("type") == "array":
+                params[key] = str(value).split("\0") if isinstance(value, str) else [value]
 
     @staticmethod
     def validate(endpoint: Endpoint, params: dict[str, Any]) -> dict[str, str]:

@@ -14,7 +14,6 @@ Mirrors pve-http-server (PVE::APIServer::AnyEvent) where clients can tell the di
 
 from __future__ import annotations
 
-import hmac
 import json
 import re
 import socket
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tests.pvesim import websocket
-from tests.pvesim.api import ApiError, ParamError
+from tests.pvesim.errors import ApiError, ParamError
 from tests.pvesim.multipart import MultipartError, MultipartUpload, parse_content_type
 
 if TYPE_CHECKING:
@@ -115,8 +114,9 @@ class SimHTTPServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 64
 
-    def __init__(self, address: tuple[str, int], sim: PveSimulator, context: ssl.SSLContext) -> None:
+    def __init__(self, address: tuple[str, int], sim: PveSimulator, context: ssl.SSLContext, node: str) -> None:
         self.sim = sim
+        self.node = node  # the cluster node answering on this address
         self.context = context
         self.connections: set[socket.socket] = set()
         self.conn_lock = threading.Lock()
@@ -318,29 +318,48 @@ class Handler(BaseHTTPRequestHandler):
     def _api(self, method: str, rel: str, params: dict[str, Any], user: str, tmpfile: Path | None = None) -> None:
         sim = self.sim
         match = sim.schema.match(method, rel)
-        if match is None:
+        if match is None or not sim.api.has_route(method, match[0].path):
             msg = f"Method '{method} {rel}' not implemented"
-            known = sim.schema.exists_in_pve(method, rel)
-            why = "not simulated by pvesim (PVE 8.4 has it)" if known else "not a PVE 8.4 API method"
+            version = sim.schema.version
+            why = f"not simulated by pvesim (PVE {version} has it)" if match else f"not a PVE {version} API method"
             sim.record_rejection("not-implemented", method, rel, params, {"_": f"{msg}: {why}"})
             return self._send(501, msg, {"data": None})
         endpoint, path_params = match
         params.update(path_params)
+        # pve-manager PVE/HTTPServer.pm rest_handler: tokens only where the method allows them, then the
+        # declared permission check (pve-access-control RPCEnvironment check_api2_permissions), then the
+        # proxy to the node in the path; the parameters are verified by the node that runs the method
+        try:
+            if not endpoint.info.get("allowtoken"):
+                raise ApiError(403, f"Permission check failed (URI '{rel}' not available with API token, "
+                                    "need proper ticket.)")
+            with sim.lock:
+                sim.access.check_api(endpoint.info.get("permissions"), user, params)
+                node = sim.api.route_to(endpoint.info, params, self.server.node)
+        except ApiError as exc:
+            if exc.status == 403:
+                sim.record_rejection("permission", method, rel, params, {"_": exc.message})
+            elif exc.status == 595:  # a node that is down: a client should not have chosen it
+                sim.record_rejection("route", method, rel, params, {"_": exc.message})
+            return self._send(exc.status, exc.message, {"data": None})
+        sim.schema.normalize(endpoint, params)
         errors = sim.schema.validate(endpoint, params)
         if errors:
             sim.record_rejection("schema", method, rel, params, errors)
             return self._send(400, "Parameter verification failed.", {"data": None, "errors": errors})
         try:
             if tmpfile is not None:
-                data: Any = sim.api.upload(params, user, tmpfile)
+                data: Any = sim.api.upload(params, user, tmpfile, via=self.server.node)
                 total = None
             else:
-                result = sim.api.call(method, endpoint.path, params, user)
+                result = sim.api.call(method, endpoint.path, params, user, node=node)
                 data, total = result.data, result.total
         except ParamError as exc:
             sim.record_rejection("probe" if exc.probe else "param", method, rel, params, exc.errors or {})
             return self._send(400, exc.message, {"data": None, "errors": exc.errors})
         except ApiError as exc:
+            if exc.status == 403:
+                sim.record_rejection("permission", method, rel, params, {"_": exc.message})
             payload: dict[str, Any] = {"data": None}
             if exc.errors:
                 payload["errors"] = exc.errors
@@ -360,12 +379,10 @@ class Handler(BaseHTTPRequestHandler):
             return None
         value = urllib.parse.unquote(m.group(1)).strip()
         tm = re.fullmatch(r"(\S+@\S+?)!(\S+?)[=:](\S+)", value)
-        token = self.sim.token
-        if not tm or tm.group(1) != token.user or tm.group(2) != token.tokenid:
+        if not tm:
             return None
-        if not hmac.compare_digest(tm.group(3).encode(), token.secret.encode()):
-            return None
-        return token.full_id
+        with self.sim.lock:
+            return self.sim.access.authenticate(tm.group(1), tm.group(2), tm.group(3))
 
     def _unauthorized(self) -> None:
         time.sleep(self.sim.auth_delay)

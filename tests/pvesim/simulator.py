@@ -27,15 +27,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.pvesim.access import Access
 from tests.pvesim.api import PveApi
 from tests.pvesim.backends import FakeBackend, VMBackend
+from tests.pvesim.cluster import NodeSpec, loopback_address, single_node
 from tests.pvesim.faults import FaultInjector
-from tests.pvesim.schema import ApiSchema
+from tests.pvesim.schema import DEFAULT_VERSION, ApiSchema
+from tests.pvesim.sdn import Sdn
 from tests.pvesim.server import LoggedRequest, SimHTTPServer, Token
-from tests.pvesim.storage import Storages
+from tests.pvesim.storage import StorageDef, Storages, default_storages
 from tests.pvesim.tasks import TaskManager
-from tests.pvesim.tls import make_node_cert
+from tests.pvesim.tls import make_cluster_certs
 
+FULL_VERSIONS = {"8.4": "8.4.1", "9.1": "9.1.1"}
 DEFAULT_TOKEN = "root@pam!imgbuild=5ec4e7c2-9a3e-4a8e-b6a4-3f0d1c2b7a91"
 # Rejections that do not fail a test: a probe whose 400 answer is the information asked for
 # (GET /cluster/nextid?vmid=N for a vmid in use).
@@ -69,7 +73,11 @@ class PveSimulator:
         self,
         *,
         token: str = DEFAULT_TOKEN,
+        version: str = DEFAULT_VERSION,
+        pve_version: str | None = None,
         node: str = "pve",
+        nodes: list[NodeSpec] | None = None,
+        storages: list[StorageDef] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         data_dir: Path | None = None,
@@ -80,7 +88,11 @@ class PveSimulator:
         bridges: tuple[str, ...] = ("vmbr0",),
     ) -> None:
         self.token = Token.parse(token)
-        self.node = node
+        self.node_specs = nodes or single_node(node, bridges)
+        self.node = self.node_specs[0].name  # the node clients talk to (its URL is self.url)
+        self.cluster = len(self.node_specs) > 1
+        if self.cluster and host != "127.0.0.1":
+            raise ValueError("a simulated cluster listens on 127.0.0.1, 127.0.0.2, ...")
         self.host = host
         self._port = port
         self._own_dir = data_dir is None
@@ -91,41 +103,74 @@ class PveSimulator:
         self.auth_delay = auth_delay
         self.backend: VMBackend = backend or FakeBackend()
         self.lock = threading.RLock()
-        self.schema = ApiSchema()
+        self.version = version  # the API schema enforced: "9.1" or "8.4"
+        self.schema = ApiSchema.load(version)
+        # what /version reports (an older release can be claimed to test refusals; the schema stays)
+        self.pve_version = pve_version or FULL_VERSIONS[version]
         self.faults = FaultInjector()
-        self.storages = Storages(self.data_dir / "storage", import_content=import_content)
-        self.tasks = TaskManager(node, task_duration, self.lock)
-        self.api = PveApi(node=node, schema=self.schema, storages=self.storages, tasks=self.tasks,
-                          backend=self.backend, faults=self.faults, lock=self.lock, bridges=bridges)
+        self.storages = Storages(self.data_dir / "storage", [n.name for n in self.node_specs],
+                                 storages or default_storages(cluster=self.cluster, import_content=import_content))
+        self.tasks = TaskManager(self.node, task_duration, self.lock)
+        # users and tokens: the default token is root's, without privilege separation (all privileges)
+        self.access = Access(version)
+        self.access.add_token(self.token.full_id, self.token.secret, privsep=False)
+        self.sdn = Sdn(self.access)
+        self.addresses = {n.name: (host if i == 0 else loopback_address(i)) for i, n in enumerate(self.node_specs)}
+        self.certs = make_cluster_certs(self.data_dir / "tls", list(self.addresses.items()))
+        self.api = PveApi(nodes=self.node_specs, pve_version=self.pve_version, schema=self.schema,
+                          storages=self.storages, tasks=self.tasks, backend=self.backend, faults=self.faults,
+                          lock=self.lock, access=self.access, sdn=self.sdn, certs=self.certs)
         self._log_lock = threading.Lock()
         self.requests: list[LoggedRequest] = []
         self.rejections: list[Rejection] = []
         self.uploads: list[dict[str, Any]] = []
-        self._server: SimHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self.cert = make_node_cert(self.data_dir / "tls", node)
+        self._servers: dict[str, SimHTTPServer] = {}
+        self._threads: list[threading.Thread] = []
+        self.cert = self.certs[self.node]
         self.api.cluster_ca_pem = self.cert.ca_file.read_text()
 
     # --- lifecycle -----------------------------------------------------------------------------
     def start(self) -> PveSimulator:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(self.cert.cert_file, self.cert.key_file)
-        self._server = SimHTTPServer((self.host, self._port), self, context)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="pvesim-https", daemon=True)
-        self._thread.start()
+        """Listen: every online node on its own address, all on one port (a PVE cluster's 8006)."""
+        for attempt in range(10):
+            port = self._port
+            try:
+                for spec in self.node_specs:
+                    if not spec.online:
+                        continue
+                    cert = self.certs[spec.name]
+                    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                    context.minimum_version = ssl.TLSVersion.TLSv1_2
+                    context.load_cert_chain(cert.cert_file, cert.key_file)
+                    server = SimHTTPServer((self.addresses[spec.name], port), self, context, spec.name)
+                    self._servers[spec.name] = server
+                    port = int(server.server_address[1])
+                break
+            except OSError:
+                self._close_servers()
+                if self._port or attempt == 9:
+                    raise
+        for name, server in self._servers.items():
+            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                                      name=f"pvesim-https-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
         return self
 
+    def _close_servers(self) -> None:
+        for server in self._servers.values():
+            server.server_close()
+        self._servers = {}
+
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.close_all()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
+        for server in self._servers.values():
+            server.shutdown()
+            server.close_all()
+            server.server_close()
+        self._servers = {}
+        for thread in self._threads:
+            thread.join(5)
+        self._threads = []
         self.tasks.stop_all()
         self.backend.close()
         if self._own_dir:
@@ -139,12 +184,16 @@ class PveSimulator:
 
     @property
     def port(self) -> int:
-        assert self._server is not None, "simulator not started"
-        return int(self._server.server_address[1])
+        assert self._servers, "simulator not started"
+        return int(self._servers[self.node].server_address[1])
 
     @property
     def url(self) -> str:
-        return f"https://{self.host}:{self.port}"
+        return self.node_url(self.node)
+
+    def node_url(self, node: str) -> str:
+        host = self.addresses[node]
+        return f"https://[{host}]:{self.port}" if ":" in host else f"https://{host}:{self.port}"
 
     @property
     def api_url(self) -> str:
@@ -162,11 +211,37 @@ class PveSimulator:
     def auth_header(self) -> dict[str, str]:
         return {"Authorization": f"PVEAPIToken={self.token.full_id}={self.token.secret}"}
 
+    # --- the cluster, users and ACLs (what an administrator changes) -------------------------------
+    def set_node(self, node: str, **changes: Any) -> None:
+        """Change a node's figures (mem, maxmem, cpu, maxcpu), its version or whether it is online."""
+        with self.lock:
+            spec = self.api.nodes[node]
+            for key, value in changes.items():
+                if not hasattr(spec, key):
+                    raise AttributeError(f"NodeSpec has no {key}")
+                setattr(spec, key, value)
+
+    def add_token(self, full_id: str, secret: str, *, privsep: bool = True) -> Token:
+        """A further API token (``pveum user token add``): its requests are checked against the ACLs."""
+        with self.lock:
+            self.access.add_token(full_id, secret, privsep=privsep)
+        return Token.parse(f"{full_id}={secret}")
+
+    def add_role(self, name: str, privs: list[str] | set[str]) -> None:
+        with self.lock:
+            self.access.add_role(name, privs)
+
+    def grant(self, path: str, ugid: str, role: str, *, propagate: bool = True) -> None:
+        with self.lock:
+            self.access.grant(path, ugid, role, propagate=propagate)
+
     def info(self) -> dict[str, Any]:
         """What a client needs (the subprocess prints this as its one JSON line; no secret in it)."""
         return {"url": self.url, "api_url": self.api_url, "host": self.host, "port": self.port,
-                "node": self.node, "fingerprint": self.fingerprint, "ca_file": str(self.ca_file),
-                "token_id": self.token.full_id, "data_dir": str(self.data_dir),
+                "node": self.node, "version": self.pve_version, "fingerprint": self.fingerprint,
+                "ca_file": str(self.ca_file), "token_id": self.token.full_id, "data_dir": str(self.data_dir),
+                "nodes": {n.name: {"online": n.online, "url": self.node_url(n.name) if n.online else None,
+                                   "fingerprint": self.certs[n.name].fingerprint} for n in self.node_specs},
                 "storages": {"iso": "local", "import": "local", "disk": "local-lvm"}}
 
     # --- recording (called by the server) -------------------------------------------------------
@@ -226,20 +301,31 @@ class PveSimulator:
 
     def vms(self) -> list[dict[str, Any]]:
         with self.lock:
-            return [{"vmid": vm.vmid, "config": dict(vm.config), "lock": vm.lock,
+            return [{"vmid": vm.vmid, "node": vm.node, "config": dict(vm.config), "lock": vm.lock,
                      "running": self.backend.is_running(vm.vmid)} for vm in sorted(self.api.vms.values(), key=lambda v: v.vmid)]
 
     def vm_config(self, vmid: int) -> dict[str, str]:
         with self.lock:
             return dict(self.api.vms[vmid].config)
 
-    def volume_ids(self, content: str | None = None) -> list[str]:
+    def volume_ids(self, content: str | None = None, node: str | None = None) -> list[str]:
+        """Volume ids on every node (a volume of a node-local storage once per node holding it), or those
+        *node* sees (its own and the shared storages')."""
         with self.lock:
-            return sorted(v.volid for v in self.storages.volumes.values() if content is None or v.content == content)
+            vols = self.storages.visible(node) if node else list(self.storages.volumes.values())
+            return sorted(v.volid for v in vols if content is None or v.content == content)
 
-    def volume_path(self, volid: str) -> Path:
+    def volume_nodes(self, volid: str) -> list[str]:
+        """The nodes holding *volid* ("" for a shared storage)."""
         with self.lock:
-            return self.storages.volumes[volid].path
+            return sorted(scope for scope, vid in self.storages.volumes if vid == volid)
+
+    def volume_path(self, volid: str, node: str | None = None) -> Path:
+        with self.lock:
+            for (scope, vid), vol in self.storages.volumes.items():
+                if vid == volid and (node is None or scope in ("", node)):
+                    return vol.path
+            raise KeyError(volid)
 
     def requests_matching(self, method: str | None = None, path_regex: str = ".*") -> list[LoggedRequest]:
         import re
@@ -275,8 +361,8 @@ class PveSimulator:
             rejections = [r.public() for r in self.rejections]
             uploads = list(self.uploads)
         with self.lock:
-            volumes = [{"volid": v.volid, "content": v.content, "size": v.size, "vmid": v.vmid}
-                       for v in sorted(self.storages.volumes.values(), key=lambda v: v.volid)]
+            volumes = [{"volid": v.volid, "node": v.scope or None, "content": v.content, "size": v.size, "vmid": v.vmid}
+                       for v in sorted(self.storages.volumes.values(), key=lambda v: (v.volid, v.scope))]
             tasks = [t.status_dict() for t in self.tasks.tasks.values()]
         return {"vms": self.vms(), "volumes": volumes, "requests": requests, "rejections": rejections,
                 "uploads": uploads, "tasks": tasks, "faults": [r.public() for r in self.faults.rules]}

@@ -98,6 +98,7 @@ class TaskManager:
         body: Callable[[Task], None],
         behaviour: TaskBehaviour | None = None,
         on_error: Callable[[Task, str], None] | None = None,
+        node: str | None = None,
     ) -> Task:
         """Start *body* as a worker task and return it (its ``upid`` is the API's answer).
 
@@ -108,8 +109,9 @@ class TaskManager:
         pid = next(self._pids)
         now = int(time.time())
         pstart = int(time.monotonic() * 100) & 0xFFFFFFFF
-        upid = f"UPID:{self.node}:{pid:08X}:{pstart:08X}:{now:08X}:{kind}:{id}:{user}:"
-        task = Task(upid, self.node, pid, pstart, now, kind, id, user)
+        node = node or self.node  # the node the worker runs on (a cluster's tasks run on many)
+        upid = f"UPID:{node}:{pid:08X}:{pstart:08X}:{now:08X}:{kind}:{id}:{user}:"
+        task = Task(upid, node, pid, pstart, now, kind, id, user)
         self.tasks[upid] = task
 
         def run() -> None:

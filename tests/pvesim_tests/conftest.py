@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.pvesim.fixtures import pve_sim, pve_sim_factory
+from tests.pvesim.fixtures import pve_sim, pve_sim_factory, pve_version
 from tests.pvesim.simulator import PveSimulator
 
 
@@ -50,10 +50,11 @@ class Client:
     def wait(self, upid: str, timeout: float = 20.0) -> tuple[str, list[str]]:
         """Wait for a task; (exitstatus, log lines)."""
         deadline = time.monotonic() + timeout
+        node = upid.split(":")[1]
         while True:
-            status = self.data("get", f"/nodes/pve/tasks/{upid}/status")
+            status = self.data("get", f"/nodes/{node}/tasks/{upid}/status")
             if status["status"] == "stopped":
-                log = self.data("get", f"/nodes/pve/tasks/{upid}/log", limit=0)
+                log = self.data("get", f"/nodes/{node}/tasks/{upid}/log", limit=0)
                 return status["exitstatus"], [line["t"] for line in log]
             if time.monotonic() > deadline:
                 raise TimeoutError(f"task {upid} still running")

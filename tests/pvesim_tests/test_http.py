@@ -42,7 +42,7 @@ def test_unknown_path_is_501_and_says_whether_pve_has_it(pve: Client) -> None:
     assert "not simulated by pvesim" in rejected[0].errors["_"]
     with pve.sim.expecting_rejection("not-implemented") as rejected:
         resp = pve.post("/nodes/pve/qemu/100/status/explode")
-    assert "not a PVE 8.4 API method" in rejected[0].errors["_"]
+    assert f"not a PVE {pve.sim.version} API method" in rejected[0].errors["_"]
 
 
 def test_query_parameters_override_the_body(pve: Client) -> None:
@@ -71,7 +71,7 @@ def test_bad_or_missing_token_is_401_after_a_delay_and_secret_never_logged(pve_s
     del client.session.headers["Authorization"]
     assert client.get("/version").reason == "No ticket"
     good = Client(pve_sim)
-    assert good.data("get", "/version")["release"] == "8.4"
+    assert good.data("get", "/version")["release"] == pve_sim.version
     good.post("/nodes/pve/qemu", vmid=100, cipassword="hunter2")
     assert good.data("get", "/nodes/pve/qemu/100/config")  # created (after the task)
     text = json.dumps(pve_sim.state()) + repr(pve_sim.requests)
@@ -123,7 +123,7 @@ def test_runs_as_a_subprocess_with_control_endpoints(tmp_path: Path) -> None:
         s.trust_env = False
         s.verify = info["ca_file"]
         s.headers["Authorization"] = f"PVEAPIToken={token}"
-        assert s.get(info["api_url"] + "/version", timeout=10).json()["data"]["version"].startswith("8.4")
+        assert s.get(info["api_url"] + "/version", timeout=10).json()["data"]["version"].startswith("9.1")
         rule = s.post(info["url"] + "/_pvesim/faults", json={"kind": "http_error", "method": "GET",
                                                               "path": "/version$", "status": 503, "message": "busy"}).json()
         assert rule["data"]["kind"] == "http_error"

@@ -67,12 +67,16 @@ def test_file_names_and_content_types(pve: Client) -> None:
     assert pve.sim.volume_ids() == ["local:iso/installer.IMG"]
 
 
-def test_import_qcow2_is_checked_and_reports_virtual_size(pve: Client, tmp_path: Path) -> None:
+def test_import_qcow2_is_checked_and_listed_by_its_bytes(pve: Client, tmp_path: Path) -> None:
     image = tmp_path / "golden.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "3G"], check=True)
     pve.ok(upload(pve, "web-server-1a2b.qcow2", image.read_bytes(), content="import").json()["data"])
+    # the listing: size on disk ($st->size, pve-storage Plugin.pm); the volume's info: the virtual size
     [entry] = pve.data("get", "/nodes/pve/storage/local/content", content="import")
-    assert (entry["volid"], entry["format"], entry["size"]) == ("local:import/web-server-1a2b.qcow2", "qcow2", 3 << 30)
+    assert (entry["volid"], entry["format"], entry["size"]) == ("local:import/web-server-1a2b.qcow2", "qcow2",
+                                                                image.stat().st_size)
+    info = pve.data("get", "/nodes/pve/storage/local/content/local:import/web-server-1a2b.qcow2")
+    assert info["size"] == 3 << 30 and info["format"] == "qcow2"
     status, _ = pve.wait(upload(pve, "fake.qcow2", b"not a qcow2", content="import").json()["data"])
     assert status == "file 'fake.qcow2' is not a valid qcow2 image" or "not a valid qcow2" in status
 

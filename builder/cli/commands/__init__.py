@@ -6,6 +6,7 @@ from builder.cli.commands import (
     clone_cmd,
     destroy_cmd,
     diff_cmd,
+    doctor_cmd,
     hostnet_cmd,
     lab_cmd,
     list_cmd,
@@ -21,4 +22,4 @@ from builder.cli.commands import (
 )
 
 ALL = [list_cmd, show_cmd, validate_cmd, render_cmd, build_cmd, make_cmd, verify_cmd, destroy_cmd, template_cmd, release_cmd,
-       clone_cmd, status_cmd, diff_cmd, report_cmd, cache_cmd, hostnet_cmd, lab_cmd]
+       clone_cmd, status_cmd, diff_cmd, report_cmd, cache_cmd, hostnet_cmd, lab_cmd, doctor_cmd]

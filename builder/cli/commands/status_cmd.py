@@ -15,8 +15,9 @@ from builder.targets.select import add_target_options, open_target
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="the VMs and releases imgbuild made on the target; up to date or not",
                        description="List the VMs, templates and releases imgbuild made on the target: running, "
-                                   "stopped or template; which release of a recipe is latest and which VMs hold an "
-                                   "older one; whether each VM and release is up to date with its recipe (the recipe "
+                                   "stopped, template or broken (its record unreadable; imgbuild destroy NAME "
+                                   "removes it); which release of a recipe is latest and which VMs hold an older one; "
+                                   "whether each VM and release is up to date with its recipe (the recipe "
                                    "is rendered and its inputs compared with what the VM was built from: no boot, no "
                                    "upload) and why not (recipe changed, newer image, newer imgbuild); and the result "
                                    "of the last job of each (OUT/NAME/report.json). What an interrupted release "

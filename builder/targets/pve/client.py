@@ -127,7 +127,7 @@ class PveClient:
         session.headers["User-Agent"] = "imgbuild"
 
     # --- plain calls -----------------------------------------------------------------------------
-    def get(self, path: str, *, retry: bool = True, **params: Any) -> Any:
+    def get(self, path: str, /, *, retry: bool = True, **params: Any) -> Any:
         attempts = GET_ATTEMPTS if retry else 1
         for attempt in range(attempts):
             try:
@@ -140,13 +140,13 @@ class PveClient:
                 self._sleep(delay)
         raise AssertionError("unreachable")
 
-    def post(self, path: str, **data: Any) -> Any:
+    def post(self, path: str, /, **data: Any) -> Any:
         return self._call("POST", path, data)
 
-    def put(self, path: str, **data: Any) -> Any:
+    def put(self, path: str, /, **data: Any) -> Any:
         return self._call("PUT", path, data)
 
-    def delete(self, path: str, **params: Any) -> Any:
+    def delete(self, path: str, /, **params: Any) -> Any:
         return self._call("DELETE", path, params)
 
     def _resource(self, path: str) -> Any:

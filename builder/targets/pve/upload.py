@@ -3,6 +3,9 @@
 - File names carry the content hash (``<label>-<sha256[:16]>.iso`` / ``.qcow2``): before uploading,
   the storage's content is listed, and a file whose name ends in the same hash and whose size matches
   is reused as is. A file of that name with another size is not trusted: it is deleted and replaced.
+  pve-storage lists ``iso``, ``vztmpl`` and ``import`` files with their size on disk (``$st->size`` in
+  PVE/Storage/Plugin.pm), a qcow2 in ``import`` included: the local file's byte count is what must match,
+  never the image's virtual size (which only ``images`` volumes are listed with).
 - The body (``FileForm``) is framed by requests-toolbelt's ``MultipartEncoder`` and streams the file
   in 1 MiB blocks through one reused buffer, so memory stays flat whatever the size; the text fields
   ``content``, ``checksum-algorithm=sha256`` and ``checksum`` come before the file part (named
@@ -20,14 +23,12 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import requests
 from requests_toolbelt import MultipartEncoder
 
-from builder import qcow2
 from builder.errors import ImgbuildError
 from builder.progress import NullProgress, Progress
 from builder.targets.pve.client import PveClient, PveError, read_json_response, volume_path
@@ -42,14 +43,6 @@ RETRY_STATUS = {502, 503, 504, 596}
 UPLOAD_BLOCK = 1 << 20
 
 
-@dataclass(frozen=True)
-class UploadPlan:
-    storage: str
-    content: str  # "iso" or "import"
-    filename: str
-    volid: str
-
-
 def upload_name(label: str, sha256: str, suffix: str) -> str:
     """``<label>-<sha256[:16]><suffix>`` with the label reduced to what PVE keeps ([A-Za-z0-9_.-])."""
     return f"{_safe_label(label, suffix)}-{sha256[:16]}{suffix}"
@@ -60,16 +53,6 @@ def _safe_label(label: str, suffix: str) -> str:
     if safe.endswith(suffix):
         safe = safe[: -len(suffix)]
     return safe[:80]
-
-
-def reported_size(path: Path, content: str) -> int:
-    """The size PVE lists for the file once uploaded: qcow2 images by virtual size, others by bytes."""
-    if content == "import" and path.suffix == ".qcow2":
-        size = qcow2.virtual_size(path)
-        if size is None:
-            raise ImgbuildError(f"{path} is not a qcow2 image")
-        return size
-    return path.stat().st_size
 
 
 class Uploader:
