@@ -11,6 +11,8 @@ from builder.iso.installer import InstallerInfo, RecipeIsos
 from builder.iso.installer_log import SyslogMessage
 from builder.iso.isowriter import Concat
 from builder.lab import netns
+from builder.pipeline.events import CollectSink
+from builder.pipeline.runner import JobResult
 from builder.recipe.model import Network
 from builder.render.write import Rendered
 from builder.targets.base import Endpoint, Target
@@ -25,6 +27,7 @@ SyslogMessage.stamp
 Network.mac_given
 Rendered.host_public_key
 Endpoint.via
+JobResult.failed_checks  # a job's result as the event stream and the summary carry it (docs/events.md)
 # Interfaces: called by libraries, by name or by tests of the API they belong to
 Concat.seekable  # the file-object protocol pycdlib uses
 CheckRunner.check_ssh  # check_<kind> methods are dispatched by the recipe's check names
@@ -35,6 +38,7 @@ Archive.find_package  # the one-package form of find_packages, tested in tests/i
 PveClient.put  # the HTTP verbs of the client, all four
 ifupdown.parsed_view  # ifupdown2's own reading of a rendered file: what tests/net compare against
 netns.sysctl  # a namespace's /proc/sys, read by tests/net
+CollectSink  # an event sink that keeps the stream as a list: callers (and tests/jobs) that want the events
 # Target methods the pipeline does not call today (the installer flow polls is_running and relies on the
 # default boot order); kept as tested capabilities of both targets (tests/local/test_boot_media_flow.py,
 # tests/pve/test_lifecycle.py)

@@ -29,11 +29,6 @@ class EventSink(Protocol):
         """Show or record *event*. Called from job threads: implementations serialise themselves."""
 
 
-class NullSink:
-    def emit(self, event: Event) -> None:
-        pass
-
-
 class CollectSink:
     """Keeps every event (tests, and callers that want the stream as a list)."""
 
@@ -63,7 +58,6 @@ class JobProgress:
     def __init__(self, job: str, sink: EventSink, log: Path | None = None) -> None:
         self.job = job
         self.sink = sink
-        self.log_path = log
         self._log: IO[str] | None = None
         if log is not None:
             log.parent.mkdir(parents=True, exist_ok=True)

@@ -275,12 +275,6 @@ def what_changed(golden: GoldenImage, out_dir: Path, report: Report, progress: P
     return changes
 
 
-def inputs_key(recipe: Recipe, built: Built, method: str) -> str:
-    """Everything a VM is built from: a VM recorded with the same key needs no rebuild."""
-    return inputs_of(recipe, method=method, seed=built.seed, installer=built.installer,
-                     image=built.golden.path if built.golden else None).key
-
-
 def stage_media(target: Target, built: Built, report: Report, progress: Progress) -> None:
     name = built.rendered.recipe.name
     if built.golden is not None:
