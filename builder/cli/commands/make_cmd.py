@@ -14,7 +14,9 @@ from builder.targets.select import add_target_options, open_target
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("make", help="build, boot and verify a VM from a recipe",
-                       description="Run the whole job for RECIPE: render -> build -> image -> boot -> verify. "
+                       description="Run the whole job for RECIPE: check -> render -> build -> image -> boot -> verify "
+                                   "(check: what the target needs, before anything changes; on Proxmox VE the "
+                                   "token's privileges, the node, its storages and network). "
                                    "Writes OUT/NAME/report.json and exits non-zero if any check failed. "
                                    "By default the verified VM is shut down cleanly; --keep leaves it running. "
                                    "Like make(1), an existing VM built from the same inputs (seed, image, "

@@ -79,6 +79,8 @@ class PveTarget(Target):
         self._releases: dict[str, tuple[int, int]] = {}  # node -> (major, minor)
         self._storages: dict[str, dict[str, dict[str, Any]]] = {}  # node -> storage -> GET /nodes/{node}/storage
         self._job = threading.local()  # the node preflight chose for the job running in this thread
+        self._reserved: set[str] = set()  # VMs whose memory this target reserved on their node (cluster.py)
+        self._reserved_lock = threading.Lock()
         self._default_node: str | None = None
 
     @property
@@ -117,8 +119,10 @@ class PveTarget(Target):
         return nodes[node]
 
     def close(self) -> None:
-        for name in getattr(self._job, "reserved", ()):
-            RESERVATIONS.release(self.config.url, name)
+        with self._reserved_lock:
+            for name in self._reserved:
+                RESERVATIONS.release(self.config.url, name)
+            self._reserved.clear()
         if self.jump is not None:
             self.jump.close()
 
@@ -240,10 +244,8 @@ class PveTarget(Target):
         return node
 
     def _remember(self, name: str) -> None:
-        reserved = getattr(self._job, "reserved", None)
-        if reserved is None:
-            reserved = self._job.reserved = set()
-        reserved.add(name)
+        with self._reserved_lock:
+            self._reserved.add(name)
 
     def _node_release(self, node: str) -> tuple[int, int]:
         if node not in self._releases:
