@@ -70,6 +70,7 @@ def test_consecutive_makes_land_on_different_nodes_as_free_memory_changes(
         t = open_target(targets, tmp_path)  # one imgbuild process per make: nothing reserved between them
         report = make(recipe(name), tmp_path / "out", t, MakeOptions(keep=True))
         assert report.ok and node_of(cluster, name) == expected, (name, cluster.vms())
+        assert report.vm["node"] == expected
         t.close()
     # web-server now uses pve2's memory and CPU, ssh-server pve1's; then pve1 fills up with other work
     cluster.set_node("pve1", mem=15 << 30)

@@ -46,6 +46,7 @@ def vm_status(target: Target, vm: VM, out_dir: Path) -> dict[str, Any]:
         state = "running" if target.is_running(vm) else "stopped"
     job = last_job(out_dir / vm.name / "report.json", target.name)
     return {"name": vm.name, "id": vm.ident, "target": target.name,  # a vmid on PVE, the VM's directory locally
+            "node": vm.data.get("node"),  # a PVE cluster's node
             "state": state, "last_job": job, "address": (job or {}).get("address"), "broken": vm.broken or None}
 
 

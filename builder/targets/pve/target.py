@@ -137,6 +137,7 @@ class PveTarget(Target):
             self.node, self.config.setting_name("node"))
         allowed = self._clone_nodes(source, view) if source is not None else None
         network = nat.requested(spec, self.config.sdn_zone)
+        sdn_changes = bool(network and network.sdn and not nat.in_place(self.client, network))
         vmid = spec.vmid if spec.vmid is not None else int(self.client.get("/cluster/nextid"))
         image = "image" in media
         candidates = [pinned] if pinned else sorted(allowed or view.online)
@@ -150,9 +151,9 @@ class PveTarget(Target):
             bridges=tuple(self._bridge_zone(nic.bridge, nic.vlan, network) for nic in spec.nics),
             node_paths=() if pinned else tuple(f"/nodes/{n}" for n in candidates if view.nodes.get(n)),
             console=console, clone_from=f"/vms/{self._vmid(source)}" if source is not None else None,
-            sdn_zone=network.zone if network and network.sdn else None,
-            sdn_vnet=network.vnet if network and network.sdn else None,
-            new_zone=bool(network and network.sdn),
+            sdn_zone=network.zone if network and sdn_changes else None,
+            sdn_vnet=network.vnet if network and sdn_changes else None,
+            new_zone=sdn_changes,
         )
         self.check_privileges(plan)
         if not pinned and len(view.online) > 1:  # a cluster being upgraded: only nodes new enough take the VM
