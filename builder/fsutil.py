@@ -1,14 +1,23 @@
-"""Atomic file writes: nothing half-written is ever left under a name the next run would trust."""
+"""Atomic file writes: nothing half-written is ever left under a name the next run would trust.
+
+Work in progress is written to a ``.NAME.XXXXXXXX.part`` sibling and renamed into place. The writer
+holds a shared flock on its part file, so ``sweep_parts`` can tell the debris of a killed process (no
+holder) from a file another process is still writing, and remove only the former.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import os
+import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
+
+PART = ".part"
 
 
 @contextlib.contextmanager
@@ -19,8 +28,9 @@ def atomic_output(path: Path, mode: int = 0o644, binary: bool = True) -> Iterato
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PART, dir=path.parent)
     try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # live: sweep_parts leaves it alone
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as fh:
             yield fh
@@ -47,13 +57,50 @@ def write_atomic(path: Path, data: bytes | str, mode: int = 0o644) -> bool:
     return True
 
 
-def temp_path_for(path: Path) -> Path:
-    """A temporary sibling name for tools that write a file themselves (rename it into place after)."""
+@contextlib.contextmanager
+def part_path(path: Path, mode: int = 0o600) -> Iterator[Path]:
+    """A temporary sibling of *path* for code (or a tool) that writes a file by name; rename it into place
+    inside the block. Held (flock) while the block runs; removed afterwards unless renamed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PART, dir=path.parent)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        os.fchmod(fd, mode)
+        yield Path(tmp)
+    finally:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def sweep_parts(directory: Path, min_age: float = 2.0) -> list[Path]:
+    """Remove the ``.*.part`` files a killed process left in *directory* (no writer holds them; older than
+    *min_age* seconds, so one just created is not mistaken). Returns what was removed."""
+    removed: list[Path] = []
+    try:
+        candidates = [p for p in Path(directory).iterdir() if p.name.startswith(".") and p.name.endswith(PART)]
+    except OSError:
+        return removed
+    now = time.time()
+    for part in candidates:
+        try:
+            fd = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < min_age:
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(part, follow_symlinks=False).st_ino == st.st_ino:  # still the file we hold
+                os.unlink(part)
+                removed.append(part)
+        except OSError:
+            continue  # held by a live writer, or gone already
+        finally:
+            os.close(fd)
+    return removed
 
 
 @contextlib.contextmanager

@@ -1,7 +1,8 @@
 """A recipe's output directory ``OUT/NAME/``: what it must be before anything is written there, and its lock.
 
 ``OUT/NAME`` holds private keys and is written to freely, so it must be a real directory owned by this
-user, mode 0700: a symbolic link there (say, to ``~/.ssh``) is refused, never followed. One job at a
+user, mode 0700, holding no symbolic link: a link there or in it (say, to ``~/.ssh``) is refused, never
+followed. One job at a
 time writes it: ``render``, ``build``, ``make`` and ``clone`` hold ``OUT/NAME/.lock`` for their whole run,
 and a second one fails at once, naming the holder (two renders at once could pin one host key in
 known_hosts while user-data carries another).
@@ -15,12 +16,12 @@ import fcntl
 import json
 import os
 import stat
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from builder.errors import ImgbuildError, InvalidInput
+from builder.fsutil import sweep_parts
 
 LOCK = ".lock"
 
@@ -47,6 +48,13 @@ def recipe_dir(out_root: Path, name: str) -> Path:
                            detail="its keys and seeds would be another user's: remove it or choose another --out-dir")
     if stat.S_IMODE(st.st_mode) != 0o700:
         os.chmod(path, 0o700)
+    try:
+        links = sorted(entry.name for entry in os.scandir(path) if entry.is_symlink())
+    except OSError as exc:
+        raise unusable(out_root, exc) from None
+    if links:  # a key, hash or seed file that leads elsewhere is read or replaced there: refused instead
+        raise InvalidInput(f"{path} holds symbolic links imgbuild did not make: {', '.join(links)}",
+                           detail="imgbuild never follows them (its keys and seeds live here): remove them")
     return path
 
 
@@ -77,9 +85,10 @@ def recipe_lock(out_root: Path, name: str, what: str) -> Iterator[Path]:
             raise ImgbuildError(f"{path} is in use by {_holder(fd)}",
                                 detail="one render, build, make or clone of a recipe at a time: wait for it, "
                                        "or stop it") from None
-        record = {"pid": os.getpid(), "command": what, "argv": sys.argv[1:], "since": int(time.time())}
+        record = {"pid": os.getpid(), "command": what, "since": int(time.time())}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode(), 0)
+        sweep_parts(path)  # what a killed job (SIGKILL, a power cut) was still writing
         yield path
     finally:
         os.close(fd)  # releases the flock; the file stays (removing it would race a waiting locker)

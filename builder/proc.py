@@ -6,17 +6,22 @@ output, through CommandFailed. Secrets passed in *redact* never appear in messag
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import shlex
 import shutil
+import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from builder.errors import CommandFailed, ImgbuildError
 from builder.secrets.redact import redact as redact_known
 
 log = logging.getLogger(__name__)
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl  # looked up once, here: never dlopen after a fork
 
 
 def quote(cmd: Sequence[str | Path], redact: Sequence[str] = ()) -> str:
@@ -29,6 +34,22 @@ def _hide(text: str, redact: Sequence[str]) -> str:
         if secret:
             text = text.replace(secret, "***")
     return redact_known(text)
+
+
+def die_with_parent() -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets SIGTERM when imgbuild dies, even by SIGKILL (which runs no
+    cleanup), so no mmdebstrap or qemu-img is left running as an orphan. (A QEMU started with
+    -daemonize is a grandchild and keeps running, as ``make --keep`` wants.) The kernel sends it when
+    the thread that started the child ends: every caller waits for its child in that thread.
+    Only a prepared C call and plain syscalls run in the child, between fork and exec."""
+    parent = os.getpid()
+
+    def in_child() -> None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return in_child
 
 
 def require_tool(name: str, package: str) -> str:
@@ -63,6 +84,7 @@ def run(
             cwd=cwd,
             timeout=timeout,
             check=False,
+            preexec_fn=die_with_parent(),
         )
     except FileNotFoundError as exc:
         raise CommandFailed(f"command not found: {argv[0]}") from exc

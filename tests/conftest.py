@@ -1,12 +1,32 @@
-"""Shared test configuration. Each area keeps its fixtures in its own tests/<area>/conftest.py."""
+"""Shared test configuration. Each area keeps its fixtures in its own tests/<area>/conftest.py.
+
+Opt-in tests: one mechanism. Mark a test (or a module, with ``pytestmark``)
+``@pytest.mark.optin("VARIABLE", "why it is opt-in")``; unless ``VARIABLE=1`` it is skipped with that
+reason, so it shows in the ``-ra`` summary ("SKIPPED ... opt-in: set VARIABLE=1 ..."), never vanishes.
+``when="unset"`` marks the complement: a test that runs only while VARIABLE is not 1 (it is replaced by
+the opt-in one). The variables are listed in the README.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for mark in item.iter_markers("optin"):
+            variable, reason = mark.args
+            wanted = mark.kwargs.get("when", "set")
+            is_set = os.environ.get(variable) == "1"
+            if wanted == "set" and not is_set:
+                item.add_marker(pytest.mark.skip(reason=f"opt-in: set {variable}=1 to run ({reason})"))
+            elif wanted == "unset" and is_set:
+                item.add_marker(pytest.mark.skip(reason=f"{variable}=1: {reason}"))
 
 
 @pytest.fixture(scope="session")

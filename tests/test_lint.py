@@ -22,3 +22,9 @@ def test_ruff_finds_nothing() -> None:
 def test_mypy_finds_nothing() -> None:
     proc = run_tool("mypy", "--no-incremental")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_vulture_finds_no_dead_code() -> None:
+    """Dead code in builder/ (tests/vulture_whitelist.py lists, with reasons, what is used after all)."""
+    proc = run_tool("vulture", "builder", "tests/vulture_whitelist.py", "--min-confidence", "60")
+    assert proc.returncode == 0, proc.stdout + proc.stderr

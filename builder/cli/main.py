@@ -29,8 +29,14 @@ it renders a preseed and cloud-init seeds, builds ISOs and golden disk images, b
 on the local QEMU target (or Proxmox VE) and verifies it over SSH and HTTP."""
 
 
+EPILOG = """\
+exit status: 0 success, 1 failure (or a failed check), 2 invalid recipe or arguments,
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM: the same cleanup as Ctrl-C first).
+One render, build, make or clone of a recipe at a time: OUT/NAME/.lock names the running one."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imgbuild", description=DESCRIPTION,
+    parser = argparse.ArgumentParser(prog="imgbuild", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"imgbuild {__version__}")
     parser.add_argument("--recipes-dir", type=directory_arg, default=None, metavar="DIR",
@@ -95,11 +101,11 @@ def terminated_on_sigterm() -> Iterator[None]:
     A second SIGTERM while that cleanup runs is ignored (SIGKILL still stops everything at once).
     The previous handler comes back afterwards (main() also runs inside tests)."""
 
-    def cleaning_up(signum: int, frame: FrameType | None) -> None:
+    def cleaning_up(_signum: int, _frame: FrameType | None) -> None:
         print("imgbuild: SIGTERM again: still cleaning up (SIGKILL stops at once, leaving things behind)",
               file=sys.stderr)
 
-    def terminate(signum: int, frame: FrameType | None) -> None:
+    def terminate(_signum: int, _frame: FrameType | None) -> None:
         signal.signal(signal.SIGTERM, cleaning_up)
         raise Terminated("terminated by SIGTERM")
 

@@ -17,7 +17,6 @@ import io
 import json
 import lzma
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -32,7 +31,7 @@ from builder.debian.deb822 import compare_versions, iter_stanzas
 from builder.debian.release import Release, check_suite, parse_release
 from builder.debian.signature import default_keyrings, verify_detached, verify_inline
 from builder.errors import ImgbuildError
-from builder.fsutil import write_atomic
+from builder.fsutil import part_path, sweep_parts, write_atomic
 from builder.progress import NullProgress, Progress
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -153,24 +152,22 @@ class Archive:
     def _fetch_verified(self, paths: Sequence[str], dest: Path, size: int, sha256: str, label: str) -> Path:
         """Download the first of *paths* that exists to *dest*, accepting it only if size and SHA256 match."""
         dest.parent.mkdir(parents=True, exist_ok=True)
+        sweep_parts(dest.parent)  # downloads a killed run left
         last: NotFound | None = None
         for path in paths:
-            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
             try:
-                with os.fdopen(fd, "wb") as out:
-                    got_hash, got_size = self._download(path, out, label)
-                if got_size != size or got_hash != sha256:
-                    raise ArchiveError(
-                        f"{redact_url(self._url(path))} does not match the archive's signed index "
-                        f"(expected {size} bytes sha256 {sha256}, got {got_size} bytes sha256 {got_hash})"
-                    )
-                os.replace(tmp, dest)
-                return dest
+                with part_path(dest, mode=0o644) as tmp:
+                    with open(tmp, "wb") as out:
+                        got_hash, got_size = self._download(path, out, label)
+                    if got_size != size or got_hash != sha256:
+                        raise ArchiveError(
+                            f"{redact_url(self._url(path))} does not match the archive's signed index "
+                            f"(expected {size} bytes sha256 {sha256}, got {got_size} bytes sha256 {got_hash})"
+                        )
+                    os.replace(tmp, dest)
+                    return dest
             except NotFound as exc:
                 last = exc
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
         assert last is not None
         raise last
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal, cast
 
 from builder.errors import ImgbuildError
+from builder.fsutil import part_path
 
 AR_MAGIC = b"!<arch>\n"
 
@@ -130,13 +131,12 @@ def extract(deb: Path, wanted: Callable[[str], Path | None]) -> dict[str, Path]:
         dest = wanted(info.name)
         if dest is None:
             continue
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.part")
         src = tar.extractfile(info)
         assert src is not None
-        with open(tmp, "wb") as out:
-            shutil.copyfileobj(src, out, 1 << 20)
-        os.replace(tmp, dest)
+        with part_path(dest, mode=0o644) as tmp:
+            with open(tmp, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+            os.replace(tmp, dest)
         written[info.name] = dest
     return written
 

@@ -259,10 +259,6 @@ class IsoBuilder:
             raise ImgbuildError(f"duplicate path inside ISO: {p}")
         self.files[p] = IsoFile(p, source)
 
-    def add_many(self, files: Sequence[IsoFile]) -> None:
-        for f in files:
-            self.add(f.path, f.source)
-
     # -- mastering --
     def _iso_paths(self, extra: Sequence[str] = ()) -> tuple[dict[str, str], list[tuple[str, str]]]:
         """ISO 9660 path for every file (and each *extra* path, e.g. the boot catalog), and the directories

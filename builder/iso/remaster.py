@@ -22,7 +22,6 @@ import hashlib
 import io
 import os
 import re
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -34,7 +33,7 @@ import requests
 from builder.cachedir import cache_dir, sha256_file
 from builder.debian.archive import redact_url
 from builder.errors import ImgbuildError, InvalidInput
-from builder.fsutil import temp_path_for
+from builder.fsutil import part_path, sweep_parts
 from builder.iso import bootmenu
 from builder.iso.cpio import preseed_archive
 from builder.iso.gpt import GptError, repair_gpt
@@ -239,8 +238,7 @@ def remaster_iso(
                 def report(done: int, total: int, _opaque: object) -> None:
                     progress.transfer(f"writing {dest.name}", done, total)
 
-                tmp = temp_path_for(dest)
-                try:
+                with part_path(dest) as tmp:
                     with open(tmp, "wb") as out:
                         iso.write_fp(out, blocksize=1 << 20, progress_cb=report)
                     if iso.isohybrid_mbr is not None:
@@ -248,9 +246,6 @@ def remaster_iso(
                     with open(tmp, "rb+") as fh:
                         os.fsync(fh.fileno())
                     os.replace(tmp, dest)
-                finally:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(tmp)
     except (pycdlib.pycdlibexception.PyCdlibException, GptError) as exc:
         raise RemasterError(f"cannot remaster {base_iso.name}: {exc}") from exc
     finally:
@@ -343,10 +338,10 @@ def fetch_base_iso(
         dest = cache_dir("base-iso") / f"{expected}.iso"
         if dest.exists() and sha256_file(dest) == expected:
             return dest
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest.parent)
+        sweep_parts(dest.parent)  # downloads a killed run left
         digest = hashlib.sha256()
-        try:
-            with os.fdopen(fd, "wb") as out:
+        with part_path(dest) as tmp:
+            with open(tmp, "wb") as out:
                 try:
                     with session.get(url, stream=True, timeout=(15, timeout)) as resp:
                         if resp.status_code != 200:
@@ -365,9 +360,6 @@ def fetch_base_iso(
                     f"{name} does not match {redact_url(sums_url)} (expected {expected}, got {digest.hexdigest()})"
                 )
             os.replace(tmp, dest)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
     return dest
 
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from builder.cachedir import cached_sha256, content_key, sha256_file
-from builder.errors import CheckFailed, GuestCrashed, ImgbuildError
+from builder.errors import CheckFailed, GuestCrashed, ImgbuildError, InvalidInput
 from builder.fsutil import write_atomic
 from builder.image.build import GoldenImage, build_golden_image
 from builder.image.manifest import manifest_path
@@ -25,6 +25,7 @@ from builder.pipeline.report import Report
 from builder.pipeline.stages import Stages
 from builder.progress import NullProgress, Progress
 from builder.recipe.model import Recipe
+from builder.recipe.rules import method_problems
 from builder.render.write import Rendered, render_recipe
 from builder.targets.base import VM, Staged, Target
 from builder.verify.checks import CheckRunner, GuestAccess, Outcome
@@ -56,6 +57,7 @@ class Built:
 def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
          progress: Progress = NullProgress()) -> Report:
     method = options.method or recipe.install.method
+    refuse_unsupported(recipe, method)
     report = Report(recipe=recipe.name, target=target.name, method=method)
     stages = Stages(report, progress)
     out_dir = out_root / recipe.name
@@ -137,6 +139,15 @@ def where(vm: VM) -> dict[str, str]:
     return {"node": str(vm.data["node"])} if vm.data.get("node") else {}
 
 
+def refuse_unsupported(recipe: Recipe, method: str) -> None:
+    """``make --method`` may pick a method the recipe was not validated for: its fields must still all count."""
+    found = method_problems(recipe.raw, method)
+    if found:
+        lines = [f"{recipe.source}: {'.'.join(map(str, path))}: {message}" for path, message in found]
+        raise InvalidInput(f"{recipe.name} sets fields the {method} method cannot honour: {lines[0]}",
+                           detail="\n".join(lines[1:]))
+
+
 def verify_stage(stages: Stages, recipe: Recipe, rendered: Rendered, target: Target, vm: VM, address: str,
                  out_dir: Path) -> None:
     """The recipe's checks as the ``verify`` stage; any failed check fails the job (CheckFailed)."""
@@ -194,6 +205,18 @@ def prepare_image(recipe: Recipe, report: Report, progress: Progress, *, refresh
                              # the installed packages, beside the image (builder/image/manifest.py)
                              "manifest": str(manifest_path(golden.path)) if golden.manifest else None,
                              "packages": len(golden.manifest.packages) if golden.manifest else None}
+    changes = golden.changes
+    if refresh and changes is not None:
+        # Builds are reproducible: no package changed means the very same bytes, so the VM stays up to date.
+        report.cache["image"].update(identical=golden.identical, changes=changes.as_dict())
+        if golden.identical:
+            progress.note("image refreshed: no package changed (the same bytes: nothing to rebuild or upload)")
+        elif not changes:
+            progress.note("warning: image refreshed: no package changed, yet the image's bytes differ from the "
+                          "cached one's (a builder that cannot reproduce images: see the build's warnings)")
+        else:
+            progress.note(f"image refreshed: {changes.summary()}")
+        return golden
     progress.note(f"golden image {'reused' if golden.cached else 'built'}: {golden.path}")
     return golden
 

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from builder.recipe.sizes import parse_size
 from builder.recipe.tasks import DESKTOP_TASKS, Session, desktop_session, display_manager, task_packages
+from builder.recipe.values import key_file_lines
 
 ALWAYS_PACKAGES = ("qemu-guest-agent", "cloud-init", "openssh-server")
 
@@ -193,8 +194,7 @@ def build_recipe(data: dict[str, Any], source: Path) -> Recipe:
     for u in data["users"]:
         keys = list(u["ssh_keys"])
         for name in u["ssh_key_files"]:
-            path = source.parent / Path(name).expanduser()
-            keys += [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+            keys += key_file_lines(source.parent / Path(name).expanduser())[0]  # validated: readable, all keys
         users.append(User(
             name=u["name"], full_name=u["full_name"], sudo=u["sudo"], password_hash=u.get("password_hash"),
             password_env=u.get("password_env"), ssh_keys=tuple(dict.fromkeys(keys)), shell=u["shell"],

@@ -66,9 +66,28 @@ def rule_problems(data: dict[str, Any], recipe_file: Path) -> Found:
         lambda: _desktop_problems(data),
         lambda: _hardware_problems(data),
         lambda: _install_problems(data, recipe_file),
+        lambda: method_problems(data, data["install"]["method"]),
         lambda: _verify_problems(data["verify"], data["tasks"]),
     ]
     return run_guarded(groups)
+
+
+def method_problems(data: dict[str, Any], method: str) -> Found:
+    """Fields *method* cannot honour, refused rather than silently ignored (``make --method`` checks
+    them too). The image method boots a copy of a golden image with one root filesystem: partitioning,
+    LVM and an installer ISO are the installer method's."""
+    found: Found = []
+    if method != "image":
+        return found
+    check = _checker(found)
+    why = "the image method boots a golden image with one root filesystem; this is for install.method: installer"
+    if data["disk"]["partitioning"] != "atomic":
+        check(("disk", "partitioning"), f"{data['disk']['partitioning']!r}: {why}")
+    if data["disk"]["lvm"]:
+        check(("disk", "lvm"), f"LVM: {why}")
+    if data["install"]["base_iso"]:
+        check(("install", "base_iso"), "the image method uses no installer ISO; this is for install.method: installer")
+    return found
 
 
 def run_guarded(groups: list[Callable[[], Found]]) -> Found:
@@ -138,13 +157,14 @@ def _user_problems(users: list[dict[str, Any]], recipe_file: Path) -> Found:
             check((*base, "ssh_keys", k), v.ssh_public_key(key))
         for k, name in enumerate(user["ssh_key_files"]):
             path = (recipe_file.parent / Path(name).expanduser())
-            if not path.is_file():
+            if not path.exists():
                 check((*base, "ssh_key_files", k), f"file not found: {path}")
                 continue
-            for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-                if line.strip() and not line.startswith("#"):
-                    bad = v.ssh_public_key(line)
-                    check((*base, "ssh_key_files", k), bad and f"{path}:{n}: {bad}")
+            lines, unusable = v.key_file_lines(path)
+            check((*base, "ssh_key_files", k), unusable and f"{path}: {unusable}")
+            bad = next((f"{path}: key {n}: {why}" for n, line in enumerate(lines, 1)
+                        if (why := v.ssh_public_key(line))), None)
+            check((*base, "ssh_key_files", k), bad)  # the first bad line only: never a file's worth of errors
     return found
 
 

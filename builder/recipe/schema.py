@@ -23,19 +23,6 @@ def recipe_schema() -> dict[str, Any]:
     return json.loads(text)
 
 
-def schema_at(path: FieldPath) -> dict[str, Any] | None:
-    """The sub-schema describing *path* (list indices step into ``items``)."""
-    node: dict[str, Any] | None = recipe_schema()
-    for part in path:
-        if node is None:
-            return None
-        if isinstance(part, int):
-            node = node.get("items")
-        else:
-            node = node.get("properties", {}).get(part)
-    return node
-
-
 def _suggest(word: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import os
 import re
+import stat
 import unicodedata
+from pathlib import Path
 
 HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -98,6 +101,28 @@ def crypt_hash(value: str) -> str | None:
     if not CRYPT_HASH.match(value):
         return "not a SHA-512 crypt ($6$...) or yescrypt ($y$...) hash; generate one with `mkpasswd -m yescrypt`"
     return None
+
+
+MAX_KEY_FILE = 64 * 1024  # an authorized_keys file is a few lines
+
+
+def key_file_lines(path: Path) -> tuple[list[str], str | None]:
+    """The key lines of an ``ssh_key_files`` entry (comments and blanks dropped), or why it cannot be used.
+    Read within MAX_KEY_FILE; the text itself never goes into a message."""
+    try:
+        with open(path, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return [], "not a regular file"
+            raw = fh.read(MAX_KEY_FILE + 1)
+    except OSError as exc:
+        return [], f"cannot read it: {exc.strerror or exc}"
+    if len(raw) > MAX_KEY_FILE:
+        return [], f"larger than {MAX_KEY_FILE // 1024} KiB; an SSH public key file is a few lines"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return [], "not UTF-8 text"
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")], None
 
 
 def ssh_public_key(value: str) -> str | None:

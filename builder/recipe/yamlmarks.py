@@ -21,7 +21,7 @@ from builder.recipe.problems import FieldPath, Problem
 
 MAX_DEPTH = 32  # recipes nest four levels deep
 MAX_EVENTS = 20_000  # YAML values as written (a recipe has a few hundred)
-MAX_VALUES = 50_000  # values once aliases are expanded
+MAX_VALUES = 20_000  # values once aliases are expanded
 
 
 @dataclass

@@ -42,10 +42,6 @@ class Rendered:
     admin_key: Path | None  # private key imgbuild logs in with; None: the user's own keys/agent
     secrets: tuple[str, ...] = field(default=(), repr=False)  # plain passwords and proxy credentials, redacted
 
-    @property
-    def seed_files(self) -> dict[str, Path]:
-        return {name: self.files[name] for name in SEED_FILES}
-
 
 def recipe_out_dir(out_root: Path, recipe: Recipe) -> Path:
     return recipe_dir(out_root, recipe.name)  # a real directory of ours, 0700; never a symlink followed

@@ -9,7 +9,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from builder.errors import ImgbuildError
+from builder.errors import ImgbuildError, InvalidInput
 from builder.fsutil import write_atomic
 
 
@@ -28,6 +28,9 @@ class KeyPair:
 def ensure_keypair(private_path: Path, comment: str) -> KeyPair:
     """Load the key pair at *private_path* (and ``.pub``), generating both if absent."""
     pub_path = private_path.with_name(private_path.name + ".pub")
+    if private_path.is_symlink():  # a key of someone else's (~/.ssh/id_ed25519?) must never become the VM's
+        raise InvalidInput(f"cannot use the key {private_path}: a symbolic link; imgbuild keeps its own keys here",
+                           detail="remove the link")
     if private_path.exists():
         pem = private_path.read_bytes()
         try:

@@ -28,10 +28,6 @@ class Raster:
     channels: int  # bytes per pixel: 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA
     pixels: bytes  # rows top to bottom, unfiltered
 
-    def pixel(self, x: int, y: int) -> bytes:
-        at = (y * self.width + x) * self.channels
-        return self.pixels[at : at + self.channels]
-
 
 def inspect_png(data: bytes) -> PngInfo:
     """Parse and fully decode an 8-bit, non-interlaced PNG. Raises ValueError if it is not a valid one."""

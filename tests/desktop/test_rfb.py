@@ -7,7 +7,7 @@ through VNC Authentication with the password set over QMP, as Proxmox VE's ``qm 
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -60,6 +60,45 @@ def test_a_full_framebuffer_is_qemus_own_screen(vnc: FirmwareVnc, tmp_path: Path
     assert (fb.width, fb.height) == (720, 400)  # VGA text mode, 80x25 characters of 9x16
     png = fb.png()
     assert inspect_png(png).colours > 1 and decode_png(png).pixels == fb.rgb
+
+
+class HeldRequest:
+    """The real stream, except that the first FramebufferUpdateRequest waits until *before_request* ran."""
+
+    def __init__(self, stream: SocketStream, before_request: Callable[[], None]) -> None:
+        self.stream, self.before_request, self.held = stream, before_request, False
+
+    def recv(self, timeout: float) -> bytes:
+        return self.stream.recv(timeout)
+
+    def send(self, data: bytes) -> None:
+        if data[:1] == b"\x03" and not self.held:
+            self.held = True
+            self.before_request()
+        self.stream.send(data)
+
+
+def test_a_resolution_change_during_the_read_is_followed(tmp_path: Path) -> None:
+    """The VM starts paused: QEMU's 640x480 notice. Between SetEncodings (DesktopSize announced) and the
+    update request the firmware switches to its 720x400 text screen: the client starts over at that size."""
+    server = FirmwareVnc(tmp_path, password=False, paused=True)
+    try:
+        assert decode_png(server.screendump(tmp_path / "paused.png")).width == 640
+
+        def run_firmware() -> None:
+            with server.qmp() as qmp:
+                qmp.execute("cont")
+            server.wait_for_text(tmp_path / "wait.png")
+
+        stream = server.connect()
+        try:
+            fb = capture(HeldRequest(stream, run_firmware), None, timeout=300)  # the firmware runs inside it
+        finally:
+            stream.sock.close()
+        assert (fb.width, fb.height) == (720, 400)
+        assert same_pixels(fb, server.screendump(tmp_path / "dump.png"))
+    finally:
+        server.stop()
 
 
 def test_a_wrong_password_is_refused_with_the_servers_reason(vnc: FirmwareVnc) -> None:

@@ -34,7 +34,7 @@ class SocketStream:
 class FirmwareVnc:
     """``qemu-system-x86_64`` without a disk, ``-vnc unix:DIR/vnc.sock`` (with ``password=on`` when asked)."""
 
-    def __init__(self, workdir: Path, *, password: bool = True, vga: str = "std") -> None:
+    def __init__(self, workdir: Path, *, password: bool = True, vga: str = "std", paused: bool = False) -> None:
         self.dir = workdir
         self.vnc_socket = workdir / "vnc.sock"
         self.qmp_socket = workdir / "qmp.sock"
@@ -44,6 +44,7 @@ class FirmwareVnc:
             "qemu-system-x86_64", "-nodefaults", "-no-user-config", "-machine", "q35", "-accel", "tcg",
             "-m", "64", "-vga", vga, "-display", "none", "-vnc", vnc,
             "-qmp", f"unix:{self.qmp_socket},server=on,wait=off", "-daemonize", "-pidfile", str(self.pidfile),
+            *(["-S"] if paused else []),
         ], check=True, timeout=60)  # fmt: skip
         self.pid = int(self.pidfile.read_text())
 
@@ -64,7 +65,7 @@ class FirmwareVnc:
             qmp.execute("screendump", {"filename": str(dest), "format": "png"}, timeout=30)
         return dest.read_bytes()
 
-    def wait_for_text(self, dest: Path, timeout: float = 30.0) -> None:
+    def wait_for_text(self, dest: Path, timeout: float = 120.0) -> None:
         """Until the firmware has its text screen up (VGA text mode, 720x400) and has written on it. (Before,
         QEMU shows its own 640x480 notice that the guest has not initialised the display yet.)"""
         from builder.verify.pngcheck import inspect_png

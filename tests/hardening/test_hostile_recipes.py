@@ -61,6 +61,11 @@ CASES: dict[str, tuple[bytes, str]] = {
     "extends /etc/shadow": (b"extends: /etc/shadow\n", "must name a recipe"),
     "extends /etc/passwd by name": (b"extends: ../../../../../../etc/passwd\n", "must name a recipe"),
     "a key that is a mapping": (b"{a: 1}: 2\n", "a key must be a plain word"),
+    "key file /dev/zero": (b"extends: base\nusers:\n  - name: admin\n    ssh_key_files: [/dev/zero]\n",
+                           "not a regular file"),
+    "huge key file": (b"extends: base\nusers:\n  - name: admin\n    ssh_key_files: [huge.pub]\n", "larger than 64 KiB"),
+    "key file of secrets": (b"extends: base\nusers:\n  - name: admin\n    ssh_key_files: [/etc/shadow]\n",
+                            "key 1: not an SSH public key"),
     "python tag": (b"hostname: !!python/object/apply:os.system ['true']\n", "unsupported YAML tag"),
     "python tag on a scalar": (b"hostname: !!python/name:os.system\n", "unsupported YAML value"),
 }
@@ -71,6 +76,8 @@ def recipes(tmp_path: Path) -> Path:
     path = tmp_path / "recipes"
     path.mkdir()
     shutil.copy(REPO / "recipes" / "base.yaml", path)
+    with open(path / "huge.pub", "wb") as fh:  # 4 GiB, sparse: an "SSH key file" nobody should read whole
+        fh.truncate(4 << 30)
     return path
 
 

@@ -155,3 +155,29 @@ def test_a_broken_template_with_linked_clones_is_not_destroyed_under_them(tmp_pa
     target.destroy(clone)
     target.destroy(broken)
     assert target.find_vm("golden") is None
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_destroy_removes_the_vms_staged_seeds(tmp_path: Path, broken: bool) -> None:
+    """A seed ISO holds the VM's private host key: destroy removes the VM's staged seeds (in a drive, or left
+    staged by a run killed before it attached or forgot them), never another VM's."""
+    target = LocalTarget(tmp_path / "out")
+    seeds = {}
+    for name in ("web", "other"):
+        iso = tmp_path / f"{name}-seed.iso"
+        iso.write_bytes(name.encode() * 1000)
+        seeds[name] = target.stage(iso, "iso", label=f"{name}-seed")
+    left = tmp_path / "left-seed.iso"
+    left.write_bytes(b"an older seed of web")
+    older = target.stage(left, "iso", label="web-seed")  # staged, never attached
+    target.create_vm(VMSpec(name="web", disks=(DiskSpec(1 << 30),), nics=(NicSpec("52:54:00:00:00:01"),),
+                            cdroms=(seeds["web"],)))
+    target.create_vm(VMSpec(name="other", disks=(DiskSpec(1 << 30),), nics=(NicSpec("52:54:00:00:00:02"),),
+                            cdroms=(seeds["other"],)))
+    if broken:
+        (target.vm_dir("web") / "state.json").write_text("{")
+    vm = target.find_vm("web")
+    assert vm is not None
+    target.destroy(vm)
+    assert not Path(seeds["web"].ref).exists() and not Path(older.ref).exists()
+    assert Path(seeds["other"].ref).exists()

@@ -22,7 +22,7 @@ from builder.image.build import GoldenImage
 from builder.pipeline import make as make_module
 from builder.proc import run
 from builder.verify.checks import Outcome
-from tests.hardening.forked import fork_main, poll
+from tests.hardening.forked import Child, fork_main, poll
 from tests.pve.conftest import REPO, SECRET_ENV, no_orphans, write_targets_file
 from tests.pvesim.fixtures import pve_sim_factory, pve_version  # noqa: F401
 from tests.pvesim.simulator import PveSimulator
@@ -113,14 +113,20 @@ def test_sigterm_leaves_no_vm_and_no_seed_on_the_node(when: str, start_sim: Call
     assert report["ok"] is False and report["error"].startswith("Terminated")
 
 
-def test_after_sigkill_the_next_make_verifies_and_forgets_the_seed(sim: PveSimulator, verifying: Path,
-                                                                   tmp_path: Path) -> None:
+def signalled_while_verifying(sig: int, verifying: Path, tmp_path: Path) -> Child:
+    """``make`` in a child, sent *sig* once its (stubbed) checks run: the VM exists, its seed attached."""
     verifying.touch()
     child = fork_main(make_argv(tmp_path / "out"), tmp_path / "make.log")
     try:
         poll("verification", verifying.with_suffix(".reached").exists, timeout=60)
     finally:
-        child.signal(signal.SIGKILL)
+        child.signal(sig)
+    return child
+
+
+def test_after_sigkill_the_next_make_verifies_and_forgets_the_seed(sim: PveSimulator, verifying: Path,
+                                                                   tmp_path: Path) -> None:
+    child = signalled_while_verifying(signal.SIGKILL, verifying, tmp_path)
     assert child.wait() == 128 + signal.SIGKILL
     (vmid,) = sim.vm_ids()
     assert sim.volume_ids("iso"), "SIGKILL cannot clean up: the seed is still there"
@@ -136,13 +142,7 @@ def test_after_sigkill_the_next_make_verifies_and_forgets_the_seed(sim: PveSimul
 
 
 def test_destroy_removes_the_seed_a_killed_make_left(sim: PveSimulator, verifying: Path, tmp_path: Path) -> None:
-    verifying.touch()
-    child = fork_main(make_argv(tmp_path / "out"), tmp_path / "make.log")
-    try:
-        poll("verification", verifying.with_suffix(".reached").exists, timeout=60)
-    finally:
-        child.signal(signal.SIGKILL)
-    child.wait()
+    signalled_while_verifying(signal.SIGKILL, verifying, tmp_path).wait()
     assert sim.vm_ids() and sim.volume_ids("iso")
     destroy = fork_main(["--out-dir", str(tmp_path / "out"), "destroy", "web-server", "--target", "sim"],
                         tmp_path / "destroy.log")
@@ -152,12 +152,7 @@ def test_destroy_removes_the_seed_a_killed_make_left(sim: PveSimulator, verifyin
 
 def test_sigterm_is_ignored_again_while_cleaning_up(sim: PveSimulator, verifying: Path, tmp_path: Path) -> None:
     """systemd may signal the whole unit twice; the second SIGTERM must not cut the cleanup short."""
-    verifying.touch()
-    child = fork_main(make_argv(tmp_path / "out"), tmp_path / "make.log")
-    try:
-        poll("verification", verifying.with_suffix(".reached").exists, timeout=60)
-    finally:
-        child.signal(signal.SIGTERM)
+    child = signalled_while_verifying(signal.SIGTERM, verifying, tmp_path)
     poll("cleanup to start", lambda: sim.requests_matching("POST", r"/status/stop$"), timeout=30)
     os.kill(child.pid, signal.SIGTERM)
     assert child.wait() == 143, child.output()

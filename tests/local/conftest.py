@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 
 import pytest
 
 from builder.targets.local import LocalTarget
 
-# Opt-in: the UEFI boot test builds a second golden image and boots OVMF under TCG.
-collect_ignore = [] if os.environ.get("IMGBUILD_TEST_OVMF") == "1" else ["test_boot_ovmf.py"]
 
 @pytest.fixture(scope="module")
 def local_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTarget]:

@@ -1,8 +1,7 @@
 """OVMF (UEFI) golden image: GPT + EFI system partition, booted on the local target with OVMF and a
 per-VM copy of OVMF_VARS, personalised from a DHCP seed.
 
-Opt-in (it builds a second golden image and UEFI firmware is slow under TCG): collected only with
-IMGBUILD_TEST_OVMF=1 (see conftest.py)."""
+Opt-in (it builds a second golden image and UEFI firmware is slow under TCG): IMGBUILD_TEST_OVMF=1."""
 
 from __future__ import annotations
 
@@ -15,7 +14,8 @@ from builder.targets.base import DiskSpec, GuestNetwork, NicSpec, VMSpec
 from builder.targets.local import LocalTarget
 from tests.local.guest import KeyPair, dhcp_network, ssh_run, user_data, write_seed
 
-pytestmark = pytest.mark.boot
+pytestmark = [pytest.mark.boot,
+              pytest.mark.optin("IMGBUILD_TEST_OVMF", "one more golden image, and UEFI firmware is slow under TCG")]
 
 OVMF_SPEC = ImageSpec(release="trixie", tasks=("ssh-server",), bios="ovmf")
 MAC = "52:54:00:e1:f1:01"

@@ -83,7 +83,7 @@ class Listener:
 
     proc: subprocess.Popen[str]
 
-    def peer(self, timeout: float = 30) -> str | None:
+    def peer(self, timeout: float = 120) -> str | None:
         out, _ = self.proc.communicate(timeout=timeout)
         for line in out.splitlines():
             if line.startswith("peer "):
@@ -91,11 +91,11 @@ class Listener:
         return None
 
 
-def listen(netns: str, port: int, timeout: float = 20) -> Listener:
+def listen(netns: str, port: int, timeout: float = 90) -> Listener:
     proc = subprocess.Popen(ns.in_netns(netns, [sys.executable, "-u", "-c", ACCEPT_ONE, str(port), str(timeout)]),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 60  # a loaded 2-core machine starts Python slowly
     while time.monotonic() < deadline:
         if proc.stdout.readline().strip() == "listening":
             return Listener(proc)

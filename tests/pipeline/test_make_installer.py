@@ -11,7 +11,6 @@ from the disk and verify (test_full_install).
 
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
@@ -20,10 +19,8 @@ from tests.pipeline.conftest import qemu_processes
 
 pytestmark = pytest.mark.boot
 
-FULL = os.environ.get("IMGBUILD_FULL_INSTALL") == "1"
 
-
-@pytest.mark.skipif(FULL, reason="IMGBUILD_FULL_INSTALL=1: test_full_install runs the complete install instead")
+@pytest.mark.optin("IMGBUILD_FULL_INSTALL", "test_full_install runs the complete install instead", when="unset")
 def test_installer_runs_unattended_until_the_mirror_stops_it(imgbuild) -> None:
     result = imgbuild("make", "web-server", "--method", "installer", timeout=2400)
     assert result.returncode == 1, result.stderr[-3000:]
@@ -51,7 +48,7 @@ def test_installer_runs_unattended_until_the_mirror_stops_it(imgbuild) -> None:
         assert any(a["name"] == name and len(a["sha256"]) == 64 for a in report["artifacts"])
 
 
-@pytest.mark.skipif(not FULL, reason="opt-in: IMGBUILD_FULL_INSTALL=1 on a machine with a complete Debian mirror")
+@pytest.mark.optin("IMGBUILD_FULL_INSTALL", "needs a Debian mirror that serves .udeb files")
 def test_full_install(imgbuild) -> None:
     result = imgbuild("make", "web-server", "--method", "installer", timeout=3 * 3600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from collections.abc import Iterator
@@ -61,13 +60,11 @@ def test_vm_runs_in_qemu_with_its_volumes_nic_and_agent_channel(qsim: PveSimulat
     assert qsim.volume_ids("images") == []
 
 
-# Opt-in (PVESIM_E2E=1): about 3 minutes under TCG, and the PVE target's own end-to-end test boots a
-# real guest through the simulator in CI anyway. Seen passing here: agent 10.0.2.15, SSH banner.
-E2E = os.environ.get("PVESIM_E2E") == "1"
-
-
+# Seen passing here: agent 10.0.2.15, SSH banner.
 @pytest.mark.boot
-def _agent_reports_the_real_guest_address_and_ports_are_forwarded(qsim: PveSimulator) -> None:
+@pytest.mark.optin("PVESIM_E2E", "about 3 minutes under TCG; the PVE target's own end-to-end test boots a real "
+                                 "guest through the simulator anyway")
+def test_agent_reports_the_real_guest_address_and_ports_are_forwarded(qsim: PveSimulator) -> None:
     """A golden image imported through the API boots in QEMU; its agent and sshd answer through the simulator."""
     from requests_toolbelt import MultipartEncoder
 
@@ -110,8 +107,3 @@ def _agent_reports_the_real_guest_address_and_ports_are_forwarded(qsim: PveSimul
     pve.ok(pve.data("post", "/nodes/pve/qemu/100/status/stop"))
     pve.ok(pve.data("delete", "/nodes/pve/qemu/100"))
 
-
-if E2E:
-    test_agent_reports_the_real_guest_address_and_ports_are_forwarded = (
-        _agent_reports_the_real_guest_address_and_ports_are_forwarded
-    )

@@ -14,8 +14,9 @@ from builder.targets.select import add_target_options, open_target
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="list the VMs imgbuild made on the target",
-                       description="List the VMs and templates imgbuild made on the target: running, stopped or "
-                                   "template, and the result of the last make/clone/verify of each (from "
+                       description="List the VMs and templates imgbuild made on the target: running, stopped, "
+                                   "template or broken (its record unreadable; imgbuild destroy NAME removes it), "
+                                   "and the result of the last make/clone/verify of each (from "
                                    "OUT/NAME/report.json: when, checks passed or the error, the address).")
     p.add_argument("--json", action="store_true", help="print JSON")
     add_target_options(p)

@@ -57,12 +57,6 @@ class GuestAgent:
     def network_interfaces(self) -> list[dict]:
         return list(self.call("guest-network-get-interfaces") or [])
 
-    def ping(self) -> bool:
-        try:
-            self.call("guest-ping")
-            return True
-        except ImgbuildError:
-            return False
 
 
 def usable_addresses(interfaces: list[dict]) -> list[str]:

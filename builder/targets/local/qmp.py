@@ -95,23 +95,6 @@ class QMPClient:
         out = self.execute("human-monitor-command", {"command-line": command_line})
         return str(out or "")
 
-    def wait_event(self, name: str, timeout: float) -> dict | None:
-        """The first event called *name* (already received or arriving within *timeout*), else None."""
-        for i, ev in enumerate(self.events):
-            if ev.get("event") == name:
-                return self.events.pop(i)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                msg = self._read_message(deadline)
-            except ImgbuildError:
-                return None
-            if msg.get("event") == name:
-                return msg
-            if "event" in msg:
-                self.events.append(msg)
-        return None
-
     # --- wire ---------------------------------------------------------------------------------
     def _read_message(self, deadline: float | None = None) -> dict:
         assert self._sock is not None

@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 from builder import qcow2
 from builder.cachedir import cache_dir, cached_sha256
 from builder.errors import CommandFailed, GuestCrashed, ImgbuildError, InvalidInput
-from builder.fsutil import write_atomic
+from builder.fsutil import part_path, sweep_parts, write_atomic
 from builder.proc import require_tool, run
 from builder.progress import NullProgress, Progress
 from builder.targets.base import VM, ArtifactKind, Endpoint, GuestNetwork, Staged, Target, VMSpec
@@ -106,15 +105,16 @@ class LocalTarget(Target):
         if dest.exists() and dest.stat().st_size == size:
             return Staged(kind, str(dest), digest, size, uploaded=False)
         self.staging_dir.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.part")
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(path, tmp)
-        except OSError:
-            progress.step(f"staging {path.name} (copy)")
-            shutil.copyfile(path, tmp)
-            os.chmod(tmp, 0o444 if kind == "image" else 0o600)
-        os.replace(tmp, dest)
+        sweep_parts(self.staging_dir)  # copies a killed run left half-made
+        with part_path(dest, mode=0o444 if kind == "image" else 0o600) as tmp:
+            try:
+                tmp.unlink()
+                os.link(path, tmp)  # the same bytes under another name, renamed into place at once
+            except OSError:
+                progress.step(f"staging {path.name} (copy)")
+                shutil.copyfile(path, tmp)
+                os.chmod(tmp, 0o444 if kind == "image" else 0o600)
+            os.replace(tmp, dest)
         return Staged(kind, str(dest), digest, size, uploaded=True)
 
     def staged_copy(self, path: Path, kind: ArtifactKind, *, label: str) -> Staged | None:
@@ -540,26 +540,20 @@ class LocalTarget(Target):
         dest.parent.mkdir(parents=True, exist_ok=True)
         if not self.is_running(vm):
             raise ImgbuildError(f"{vm.name} is not running: no screen to capture")
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            with self._qmp(vm) as qmp:
-                try:
-                    qmp.execute("screendump", {"filename": str(tmp), "format": "png"}, timeout=30)
-                    data = tmp.read_bytes()
-                except QMPError as exc:
-                    if "format" not in exc.desc:
-                        raise
-                    qmp.execute("screendump", {"filename": str(tmp)}, timeout=30)  # PPM on QEMU < 7.1
-                    data = png.ppm_to_png(tmp.read_bytes())
-                    tmp.write_bytes(data)
+        with part_path(dest, mode=0o644) as tmp, self._qmp(vm) as qmp:
+            try:
+                qmp.execute("screendump", {"filename": str(tmp), "format": "png"}, timeout=30)
+                data = tmp.read_bytes()
+            except QMPError as exc:
+                if "format" not in exc.desc:
+                    raise
+                qmp.execute("screendump", {"filename": str(tmp)}, timeout=30)  # PPM on QEMU < 7.1
+                data = png.ppm_to_png(tmp.read_bytes())
+                tmp.write_bytes(data)
             if not png.is_png(data):
                 raise ImgbuildError(f"QEMU's screendump of {vm.name} is not a PNG")
             os.chmod(tmp, 0o644)
             os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
         return dest
 
     def console_log(self, vm: VM) -> Path | None:

@@ -23,7 +23,6 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -42,14 +41,6 @@ MIN_RATE = 2 * 1024 * 1024  # bytes/s assumed when sizing the import task's dead
 UPLOAD_ATTEMPTS = 3
 RETRY_STATUS = {502, 503, 504, 596}
 UPLOAD_BLOCK = 1 << 20
-
-
-@dataclass(frozen=True)
-class UploadPlan:
-    storage: str
-    content: str  # "iso" or "import"
-    filename: str
-    volid: str
 
 
 def upload_name(label: str, sha256: str, suffix: str) -> str:
