@@ -138,6 +138,7 @@ class Reservations:
 
     def __init__(self, ttl: float = 3600.0) -> None:
         self._lock = threading.Lock()
+        self.placing = threading.Lock()  # held from reading the reservations to holding one: one choice at a time
         self._held: dict[tuple[str, str], tuple[str, int, float]] = {}  # (cluster, vm name) -> (node, bytes, since)
         self.ttl = ttl
 

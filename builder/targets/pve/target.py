@@ -231,16 +231,18 @@ class PveTarget(Target):
             RESERVATIONS.hold(self.config.url, spec.name, pinned, memory)
             self._remember(spec.name)
             return pinned
-        if len(view.online) == 1 and (allowed is None or view.online[0] in allowed):
-            node = view.online[0]  # one node: nothing to choose (its figures may not even be visible)
-        else:
-            placement = choose_node(view.nodes, memory, RESERVATIONS.on(self.config.url), allowed)
-            if placement.node is None:
-                raise ImgbuildError(f"nowhere to run {spec.name} ({fmt_gib(memory)}) on {self.name}: {placement.reason}",
-                                    detail="free memory on a node, lower vm.memory in the recipe, or pin a node")
-            node = placement.node
-            progress.note(f"placing {spec.name} on {placement.reason}")
-        RESERVATIONS.hold(self.config.url, spec.name, node, memory)
+        with RESERVATIONS.placing:  # jobs of this process choose one after the other, each seeing the others'
+            if len(view.online) == 1 and (allowed is None or view.online[0] in allowed):
+                node = view.online[0]  # one node: nothing to choose (its figures may not even be visible)
+            else:
+                placement = choose_node(view.nodes, memory, RESERVATIONS.on(self.config.url), allowed)
+                if placement.node is None:
+                    raise ImgbuildError(f"nowhere to run {spec.name} ({fmt_gib(memory)}) on {self.name}: "
+                                        f"{placement.reason}",
+                                        detail="free memory on a node, lower vm.memory in the recipe, or pin a node")
+                node = placement.node
+                progress.note(f"placing {spec.name} on {placement.reason}")
+            RESERVATIONS.hold(self.config.url, spec.name, node, memory)
         self._remember(spec.name)
         return node
 
