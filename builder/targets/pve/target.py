@@ -19,7 +19,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -714,13 +714,15 @@ class PveTarget(Target):
                         what=f"{'full' if full else 'linked'} clone of VM {vm.ident} as {newid} ({name})"
                              + (f" on {node}" if node != home else ""),
                         wait=self.task_timeout, **params)
-        clone = self._vm(name, newid, node, tags=sorted(vmconfig.tags_of(config)), template=False)
+        clone = self._vm(name, newid, node, tags=[vmconfig.TAG], template=False)
         try:
             changes: dict[str, str] = {}
             new_config = self.client.get(f"{self._qemu(clone)}/config") or {}
             if "net0" in new_config:
                 changes["net0"] = vmconfig.with_mac(str(new_config["net0"]), self.clone_mac(name))
             changes[vmconfig.cdrom_key(0)] = vmconfig.cdrom_value(seed)
+            if set(vmconfig.tags_of(new_config)) != {vmconfig.TAG}:
+                changes["tags"] = vmconfig.TAG  # a clone of a release is no release: its labels stay behind
             if network is not None and network.mode == "static" and network.address:
                 changes["ipconfig0"] = vmconfig.ipconfig_value(network.address, network.gateway)  # its own address
             elif network is not None and "ipconfig0" in new_config:
@@ -731,3 +733,46 @@ class PveTarget(Target):
             self.destroy(clone)
             raise
         return clone
+
+    # --- releases --------------------------------------------------------------------------------
+    def labels(self, vm: VM) -> frozenset[str]:
+        tags = vm.data.get("tags")
+        if tags is None:
+            tags = sorted(vmconfig.tags_of(self.client.get(f"{self._qemu(vm)}/config") or {}))
+            vm.data["tags"] = tags
+        return frozenset(tags) - {vmconfig.TAG}
+
+    def set_labels(self, vm: VM, labels: Iterable[str]) -> None:
+        """One config write: PVE replaces the whole tag list, so the labels move in one step."""
+        self._ours(vm)
+        value = vmconfig.tags_value(set(labels))
+        self.client.run("POST", f"{self._qemu(vm)}/config", what=f"tags of VM {vm.ident} ({vm.name})",
+                        wait=self._wait(CONFIG_TIMEOUT), tags=value)
+        vm.data["tags"] = sorted(value.split(";"))
+
+    def dependents(self, vm: VM) -> list[str]:
+        """VMs with a disk on one of *vm*'s base volumes (linked clones: ``base-VMID-disk-N/vm-...``)."""
+        vmid = self._vmid(vm)
+        marker = f"base-{vmid}-disk-"
+        holders = []
+        for entry in self.client.get("/cluster/resources", type="vm") or []:
+            if entry.get("type") != "qemu" or int(entry.get("vmid", -1)) == vmid or not entry.get("node"):
+                continue
+            config = self.client.get(f"/nodes/{entry['node']}/qemu/{entry['vmid']}/config") or {}
+            if any(re.fullmatch(r"(virtio|scsi|sata|ide|efidisk|tpmstate)\d+", k) and marker in str(v)
+                   for k, v in config.items()):
+                holders.append(str(entry.get("name") or entry["vmid"]))
+        return sorted(holders)
+
+    def store_manifest(self, vm: VM, manifest: str) -> str:
+        config = self.client.get(f"{self._qemu(vm)}/config") or {}
+        description, whole = vmconfig.with_manifest(str(config.get("description") or ""), manifest)
+        self.client.run("POST", f"{self._qemu(vm)}/config", what=f"manifest of VM {vm.ident} ({vm.name})",
+                        wait=self._wait(CONFIG_TIMEOUT), description=description)
+        if whole:
+            return f"the description of VM {vm.ident} on {self.name}"
+        return (f"its sha256 in the description of VM {vm.ident} on {self.name} (the manifest is too large for "
+                "PVE's 8 KiB description; the build machine keeps it in OUT/RELEASE/release-manifest.json)")
+
+    def read_manifest(self, vm: VM) -> str | None:
+        return vmconfig.manifest_in(self.client.get(f"{self._qemu(vm)}/config") or {})
