@@ -317,9 +317,6 @@ class PveTarget(Target):
                 self._default_node = placement.node
         return self._default_node
 
-    def _storage_node(self, storage: str) -> str:
-        return self._job_node()
-
     def _is_shared(self, storage: str, node: str) -> bool:
         return bool(int(self._node_storages(node).get(storage, {}).get("shared") or 0))
 
