@@ -1232,7 +1232,7 @@ class PveApi:
     def _console_after_2026_04(self) -> bool:
         """qemu-server commits 282ec11d and c9ee34b5 (2026-04; our 9.1 schema has them): a VNC password always,
         the ticket prefixed with it and bound to the port."""
-        return not str(getattr(self, "pve_version", "8.4")).startswith("8.")
+        return not self.schema.version.startswith("8.")
 
     @route("POST", "/nodes/{node}/qemu/{vmid}/vncproxy")
     def vncproxy(self, p: dict[str, Any], user: str) -> Any:
