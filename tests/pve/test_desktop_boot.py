@@ -30,8 +30,9 @@ ADDRESS = "10.10.10.20"
 @pytest.fixture(scope="module")
 def booted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("pvedesktop")
-    with made_on_sim(tmp, "lxde-desktop", "--keep", bridges=("vmbr0", "vmbr1"), guest_ports=(22,),
-                     timeout=2700) as made:
+    # vmbr1 as the networking chapter sets it up on the node: the NAT bridge 10.10.10.1/24 (checked by make)
+    with made_on_sim(tmp, "lxde-desktop", "--keep", bridges={"vmbr0": None, "vmbr1": "10.10.10.1/24"},
+                     guest_ports=(22,), timeout=2700) as made:
         target = open_pve_target("sim", made.out, environ=made.env)
         try:
             yield {"sim": made.sim, "proc": made.proc, "out": made.out, "env": made.env, "target": target}
