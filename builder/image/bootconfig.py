@@ -83,3 +83,24 @@ system_info:
 
 def hostname() -> str:
     return "debian\n"
+
+
+def keyboard_layout(keyboard: str) -> tuple[str, str]:
+    """XKB layout and variant of a recipe's keyboard: "de(nodeadkeys)" -> ("de", "nodeadkeys")."""
+    layout, _, variant = keyboard.partition("(")
+    return layout, variant.rstrip(")")
+
+
+def default_keyboard(keyboard: str) -> str:
+    """/etc/default/keyboard (keyboard-configuration(5)): read by console-setup for the console and by
+    Xorg (through udev) for X sessions."""
+    layout, variant = keyboard_layout(keyboard)
+    return f"""\
+# Written by imgbuild for the recipe's keyboard. See keyboard(5).
+XKBMODEL="pc105"
+XKBLAYOUT="{layout}"
+XKBVARIANT="{variant}"
+XKBOPTIONS=""
+
+BACKSPACE="guess"
+"""

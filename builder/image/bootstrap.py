@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import subprocess
 from pathlib import Path
 
@@ -54,7 +55,13 @@ def mmdebstrap_argv(spec: ImageSpec, rootdir: Path, apt_cache: Path) -> list[str
     return argv
 
 
-def bootstrap(spec: ImageSpec, rootdir: Path, *, progress: Progress = NullProgress()) -> None:
+def bootstrap_env(epoch: int) -> dict[str, str]:
+    """mmdebstrap's environment: SOURCE_DATE_EPOCH puts it and the maintainer scripts it runs into their
+    reproducible modes (mmdebstrap then also removes logs and caches that differ from run to run)."""
+    return {**os.environ, "SOURCE_DATE_EPOCH": str(epoch)}
+
+
+def bootstrap(spec: ImageSpec, rootdir: Path, *, epoch: int, progress: Progress = NullProgress()) -> None:
     require_tool("mmdebstrap", "mmdebstrap")
     cache = apt_archive_cache(spec.release)
     argv = mmdebstrap_argv(spec, rootdir, cache)
@@ -63,10 +70,11 @@ def bootstrap(spec: ImageSpec, rootdir: Path, *, progress: Progress = NullProgre
     lock = cache.parent / f".{cache.name}.lock"
     waiting = f"image: waiting for another image build of {spec.release} to finish (they share the apt cache)"
     with exclusive_lock(lock, on_wait=lambda: progress.step(waiting)):
-        run_streaming(argv, label="mmdebstrap", progress=progress)
+        run_streaming(argv, label="mmdebstrap", progress=progress, env=bootstrap_env(epoch))
 
 
-def run_streaming(argv: list[str], *, label: str, progress: Progress, tail_lines: int = 40) -> None:
+def run_streaming(argv: list[str], *, label: str, progress: Progress, tail_lines: int = 40,
+                  env: dict[str, str] | None = None) -> None:
     """Run *argv*, passing each output line to progress; on failure raise CommandFailed with the tail.
 
     (builder.proc.run captures output whole; mmdebstrap runs for a minute and its phases are the
@@ -77,6 +85,7 @@ def run_streaming(argv: list[str], *, label: str, progress: Progress, tail_lines
     try:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+            env=env,
             preexec_fn=die_with_parent(),  # noqa: PLW1509 - only a prepared prctl runs in the child (see proc.py)
         )
     except FileNotFoundError as exc:

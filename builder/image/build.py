@@ -15,18 +15,27 @@ import os
 import shutil
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.cachedir import cache_dir, content_key
+from builder.cachedir import cache_dir, cached_sha256, content_key, sha256_file
 from builder.errors import ImgbuildError
 from builder.fsutil import atomic_output, exclusive_lock, write_atomic
 from builder.image import bootstrap as _bootstrap
+from builder.image import reproducible
 from builder.image.bootconfig import BootInfo
 from builder.image.configure import configure_rootfs, kernel_version
-from builder.image.disk import assemble_disk, layout_for
-from builder.image.manifest import Manifest, manifest_of_root, manifest_path, read_manifest, recover_manifest, write_manifest
+from builder.image.disk import DiskIds, assemble_disk, layout_for, mke2fs_reproducible
+from builder.image.manifest import (
+    Manifest,
+    ManifestDiff,
+    diff_manifests,
+    manifest_of_root,
+    manifest_path,
+    read_manifest,
+    recover_manifest,
+    write_manifest,
+)
 from builder.image.spec import ImageSpec, package_set, variant
 from builder.proc import require_tool, run
 from builder.progress import NullProgress, Progress
@@ -40,6 +49,17 @@ class GoldenImage:
     key: str  # content key of the spec (+ builder version)
     cached: bool  # True when an earlier build was reused
     manifest: Manifest | None = None  # its installed packages (None: unreadable, see package_manifest)
+    # A refresh: the manifest of the image it rebuilt, and whether the rebuild gave the very same bytes
+    # (then the cached file was kept as it was: VMs built on it are still up to date).
+    previous: Manifest | None = None
+    identical: bool = False
+
+    @property
+    def changes(self) -> ManifestDiff | None:
+        """What a refresh changed in the package set (None when there is nothing to compare)."""
+        if self.previous is None or self.manifest is None:
+            return None
+        return diff_manifests(self.previous, self.manifest)
 
 
 def image_key(spec: ImageSpec) -> str:
@@ -61,8 +81,9 @@ def build_golden_image(spec: ImageSpec, *, refresh: bool = False,
     """The cached image for *spec*, built first when there is none.
 
     ``refresh`` builds it again from the mirror's current packages (security updates) even when one is
-    cached; the new image replaces the cached one by rename, so VMs and staged copies that hold the old
-    file (hard links, open files) keep their bytes.
+    cached. Builds are reproducible, so when no package changed the new image has the same bytes and the
+    cached file is kept untouched; otherwise the new image replaces it by rename, so VMs and staged copies
+    that hold the old file (hard links, open files) keep their bytes.
     """
     key = image_key(spec)
     final = image_path(spec)
@@ -73,13 +94,31 @@ def build_golden_image(spec: ImageSpec, *, refresh: bool = False,
     with exclusive_lock(lock_path(final)):
         if final.exists() and not refresh:  # another process finished it while we waited
             return GoldenImage(final, key, cached=True, manifest=package_manifest(spec, final, progress))
+        previous = package_manifest(spec, final, progress) if final.exists() else None
         _remove_stale_builds(final)
         work = Path(tempfile.mkdtemp(prefix=f".build-{final.stem}-", dir=final.parent))
         try:
-            manifest = _build(spec, key, work, final, progress)
+            qcow, manifest = _build(spec, key, work, final, progress)
+            identical = final.exists() and sha256_file(qcow) == cached_sha256(final)
+            if identical:
+                progress.step("image: the rebuilt image is byte-identical to the cached one; keeping the cached file")
+                write_manifest(final, manifest)
+            else:
+                _install(qcow, final, manifest)
         finally:
             remove_tree(work)
-    return GoldenImage(final, key, cached=False, manifest=manifest)
+    return GoldenImage(final, key, cached=False, manifest=manifest, previous=previous, identical=identical)
+
+
+def _install(qcow: Path, final: Path, manifest: Manifest) -> None:
+    """Put a finished build in place of the cached image."""
+    os.chmod(qcow, 0o444)  # a golden image is only ever a backing file
+    # The package manifest follows the image it describes: the old one goes first, the new one is written
+    # after the rename, so a crash in between leaves an image without a manifest (recovered from its disk
+    # on next use), never a manifest of other packages.
+    manifest_path(final).unlink(missing_ok=True)
+    os.replace(qcow, final)  # the qcow2 under its final name means the build finished
+    write_manifest(final, manifest)
 
 
 def package_manifest(spec: ImageSpec, image: Path, progress: Progress = NullProgress()) -> Manifest | None:
@@ -120,62 +159,81 @@ def _require_build_environment(spec: ImageSpec) -> None:
         require_tool("mcopy", "mtools")
 
 
-def _build(spec: ImageSpec, key: str, work: Path, final: Path, progress: Progress) -> Manifest:
+def _build(spec: ImageSpec, key: str, work: Path, final: Path, progress: Progress) -> tuple[Path, Manifest]:
+    """Build the image for *spec* in *work*: the qcow2 (not yet in place) and its package manifest."""
     timings: dict[str, float] = {}
     root = work / "root"
 
     t = time.monotonic()
     progress.step(f"image: bootstrapping {spec.release} ({variant(spec)} + {len(package_set(spec))} packages)")
-    _bootstrap.bootstrap(spec, root, progress=progress)
+    _bootstrap.bootstrap(spec, root, epoch=reproducible.BOOTSTRAP_EPOCH, progress=progress)
     packages = manifest_of_root(root, image_key=key, release=spec.release, requested=package_set(spec))
     timings["bootstrap"] = time.monotonic() - t
 
     t = time.monotonic()
+    epoch = reproducible.source_date_epoch(root, packages.packages)
+    ids = disk_ids(spec, key, epoch)
     info = BootInfo(
         bios=spec.bios,
-        root_uuid=str(uuid.uuid4()),
+        root_uuid=ids.root_uuid,
         kernel_version=kernel_version(root),
         release=spec.release,
-        esp_uuid=_esp_serial() if spec.bios == "ovmf" else None,
+        esp_uuid=ids.esp_serial,
     )
-    boot = configure_rootfs(root, info, locale=spec.locale, progress=progress)
+    boot = configure_rootfs(root, info, spec, epoch=epoch, progress=progress)
     _keep_kernel(root / "boot" / f"vmlinuz-{info.kernel_version}")
+    reproducible.clamp_times(root, epoch)
     timings["configure"] = time.monotonic() - t
 
     t = time.monotonic()
     progress.step("image: writing filesystem and partition table")
     raw = work / "disk.raw"
     layout = layout_for(spec.bios, spec.disk_size)
-    assemble_disk(raw, root, layout, boot, root_uuid=info.root_uuid, esp_serial=info.esp_uuid)
+    repro = mke2fs_reproducible()
+    if not repro:
+        progress.note("warning: this mke2fs (e2fsprogs before 1.47.1) writes the build's clock into every inode: "
+                      "the image will not be byte-identical to another build of the same packages "
+                      "(on Debian 12, install e2fsprogs from bookworm-backports; scripts/bootstrap does)")
+    assemble_disk(raw, root, layout, boot, ids)
     timings["assemble"] = time.monotonic() - t
 
     t = time.monotonic()
     progress.step("image: converting to qcow2")
     qcow = work / "disk.qcow2"
     run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=65536", raw, qcow])
+    raw.unlink()
     timings["convert"] = time.monotonic() - t
 
-    manifest = {
+    info_json = {
         "key": key,
         "spec": spec.key_data(),
         "packages": package_set(spec),
         "kernel": info.kernel_version,
         "root_uuid": info.root_uuid,
         "esp_uuid": info.esp_uuid,
+        "source_date_epoch": epoch,
+        "reproducible": repro,
         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "timings": {k: round(v, 1) for k, v in timings.items()},
     }
-    write_atomic(final.with_suffix(".json"), json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.chmod(qcow, 0o444)  # a golden image is only ever a backing file
-    # The package manifest follows the image it describes: the old one goes first, the new one is written
-    # after the rename, so a crash in between leaves an image without a manifest (recovered from its disk
-    # on next use), never a manifest of other packages.
-    manifest_path(final).unlink(missing_ok=True)
-    os.replace(qcow, final)  # the qcow2 under its final name means the build finished
-    write_manifest(final, packages)
+    write_atomic(final.with_suffix(".json"), json.dumps(info_json, indent=2, sort_keys=True) + "\n")
     progress.note(f"image: built {final.name} ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())}; "
-                  f"{len(packages.packages)} packages)")
-    return packages
+                  f"{len(packages.packages)} packages, SOURCE_DATE_EPOCH {epoch})")
+    return qcow, packages
+
+
+def disk_ids(spec: ImageSpec, key: str, epoch: int) -> DiskIds:
+    """Every identifier of the image's disk, derived from its key: the same for every build of *spec*."""
+    gpt = spec.bios == "ovmf"
+    return DiskIds(
+        epoch=epoch,
+        root_uuid=reproducible.derived_uuid(key, "root-fs"),
+        hash_seed=reproducible.derived_uuid(key, "root-fs-hash-seed"),
+        label_id=reproducible.derived_uuid(key, "gpt-disk") if gpt else reproducible.mbr_label_id(key),
+        esp_serial=reproducible.esp_serial(key) if gpt else None,
+        partition_uuids=(reproducible.derived_uuid(key, "gpt-esp"), reproducible.derived_uuid(key, "gpt-root"))
+        if gpt else (),
+    )
 
 
 def image_manifest(image: GoldenImage) -> dict:
@@ -189,11 +247,6 @@ def _keep_kernel(vmlinuz: Path) -> None:
     if not dest.exists():
         with atomic_output(dest) as fh, open(vmlinuz, "rb") as src:
             shutil.copyfileobj(src, fh)
-
-
-def _esp_serial() -> str:
-    raw = uuid.uuid4().hex[:8].upper()
-    return f"{raw[:4]}-{raw[4:]}"
 
 
 def _remove_stale_builds(final: Path) -> None:

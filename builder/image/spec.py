@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from builder.errors import InvalidInput
-from builder.recipe.values import LOCALE
+from builder.image.firstboot import FirstBoot
+from builder.recipe.values import KEYBOARD, LOCALE
 
 Bios = Literal["seabios", "ovmf"]
 
@@ -16,7 +17,9 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 # Bump when the way an image is assembled changes: it is part of every cache key, so a new
 # builder never trusts an image an older one made.
-IMAGE_BUILDER_VERSION = "2"  # 2: the recipe's locale is generated in the image
+# 2: the recipe's locale is generated in the image.
+# 3: reproducible (same packages, same bytes); a first boot trimmed to what the recipe needs; the keyboard.
+IMAGE_BUILDER_VERSION = "3"
 
 # What every golden image needs to boot under QEMU/PVE and be personalised by cloud-init.
 BASE_PACKAGES = (
@@ -40,6 +43,7 @@ BOOTLOADER_PACKAGES: dict[str, tuple[str, ...]] = {
 
 _TASK_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _PACKAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+_TIMEZONE = re.compile(r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$")
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,12 @@ class ImageSpec:
     # Generated and made the default at build time: cloud-init's locale module then has nothing to do
     # (generating it on first boot took 32 s of a 2-minute first boot under TCG).
     locale: str = "en_US.UTF-8"
+    # XKB layout, optionally with a variant: "de", "de(nodeadkeys)". Set in /etc/default/keyboard at build
+    # time, with the console keymap compiled (console-setup), as Debian's installer would.
+    keyboard: str = "us"
+    timezone: str = "Etc/UTC"  # set at build time: cloud-init's timezone module has nothing to do
+    # What the recipe's seed asks of the first boot (builder/image/firstboot.py).
+    first_boot: FirstBoot = field(default_factory=FirstBoot)
 
     def __post_init__(self) -> None:
         problems = validate(self)
@@ -88,6 +98,10 @@ def validate(spec: ImageSpec) -> list[str]:
             problems.append(f"package {pkg!r} is not a Debian package name")
     if not LOCALE.match(spec.locale):
         problems.append(f"locale {spec.locale!r} is not a locale such as en_US.UTF-8")
+    if not _TIMEZONE.match(spec.timezone) or ".." in spec.timezone:
+        problems.append(f"time zone {spec.timezone!r} is not a tz database name such as Etc/UTC")
+    if not KEYBOARD.match(spec.keyboard):
+        problems.append(f"keyboard {spec.keyboard!r} is not a keyboard layout such as us or de(nodeadkeys)")
     if spec.bios not in BOOTLOADER_PACKAGES:
         problems.append(f"bios {spec.bios!r} is not one of {', '.join(BOOTLOADER_PACKAGES)}")
     if spec.disk_size < 2 * 1024**3:
@@ -107,7 +121,16 @@ def task_packages(tasks: tuple[str, ...]) -> list[str]:
     return [f"task-{t}" for t in sorted(set(tasks)) if t != "standard"]
 
 
+def keyboard_packages(keyboard: str) -> tuple[str, ...]:
+    """What a keyboard other than the kernel's built-in US one needs: /etc/default/keyboard and a console keymap."""
+    return () if keyboard == "us" else KEYBOARD_PACKAGES
+
+
+KEYBOARD_PACKAGES = ("keyboard-configuration", "console-setup")
+
+
 def package_set(spec: ImageSpec) -> list[str]:
     """Every package mmdebstrap is asked to include, in a stable order."""
-    wanted = [*BASE_PACKAGES, *BOOTLOADER_PACKAGES[spec.bios], *task_packages(spec.tasks), *sorted(spec.packages)]
+    wanted = [*BASE_PACKAGES, *BOOTLOADER_PACKAGES[spec.bios], *keyboard_packages(spec.keyboard),
+              *task_packages(spec.tasks), *sorted(spec.packages)]
     return list(dict.fromkeys(wanted))  # first occurrence wins, order kept

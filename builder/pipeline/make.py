@@ -200,6 +200,18 @@ def prepare_image(recipe: Recipe, report: Report, progress: Progress, *, refresh
                              # the installed packages, beside the image (builder/image/manifest.py)
                              "manifest": str(manifest_path(golden.path)) if golden.manifest else None,
                              "packages": len(golden.manifest.packages) if golden.manifest else None}
+    changes = golden.changes
+    if refresh and changes is not None:
+        # Builds are reproducible: no package changed means the very same bytes, so the VM stays up to date.
+        report.cache["image"].update(identical=golden.identical, changes=changes.as_dict())
+        if golden.identical:
+            progress.note("image refreshed: no package changed (the same bytes: nothing to rebuild or upload)")
+        elif not changes:
+            progress.note("warning: image refreshed: no package changed, yet the image's bytes differ from the "
+                          "cached one's (a builder that cannot reproduce images: see the build's warnings)")
+        else:
+            progress.note(f"image refreshed: {changes.summary()}")
+        return golden
     progress.note(f"golden image {'reused' if golden.cached else 'built'}: {golden.path}")
     return golden
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, cast
 
+from builder.image.firstboot import FirstBoot
 from builder.image.spec import ImageSpec
 from builder.recipe.model import Recipe
 from builder.targets.base import DiskSpec, GuestNetwork, NicSpec, Staged, VMSpec
@@ -23,7 +24,19 @@ def image_spec(recipe: Recipe) -> ImageSpec:
         disk_size=recipe.disk.size_bytes,
         bios=recipe.vm.bios,
         locale=recipe.locale,
+        keyboard=recipe.keyboard,
+        timezone=recipe.timezone,
+        first_boot=first_boot(recipe),
     )
+
+
+def first_boot(recipe: Recipe) -> FirstBoot:
+    """What the recipe's seed asks of the first boot, for the image (the same rules as the user-data's
+    ssh_pwauth and chpasswd in builder/render/cloudinit.py)."""
+    root_password = recipe.root.login and bool(recipe.root.password_hash or recipe.root.password_env)
+    any_password = any(u.password_hash or u.password_env for u in recipe.users)
+    return FirstBoot(root_password=root_password, ssh_password_auth=any_password or root_password,
+                     static_network=recipe.network.is_static)
 
 
 def guest_network(recipe: Recipe) -> GuestNetwork:

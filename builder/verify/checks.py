@@ -9,6 +9,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import paramiko
 import requests
 
 from builder.errors import ImgbuildError
@@ -74,6 +75,7 @@ class CheckRunner:
         self.progress = progress
         self.shell: GuestShell | None = None
         self.ssh_error: str | None = None
+        self.cloud_init_pending: Check | None = None  # set by check_ssh: its cloud-init part is still to do
 
     # -- helpers -------------------------------------------------------------------------------
     def _shell(self, timeout: float) -> GuestShell:
@@ -97,20 +99,36 @@ class CheckRunner:
 
     # -- checks --------------------------------------------------------------------------------
     def run_all(self) -> list[Outcome]:
+        """Every check of the recipe, each as soon as it can pass: the ssh check's wait for cloud-init to
+        finish comes last, after the checks that only need their own service."""
         outcomes = []
+        pending: tuple[Outcome, Check] | None = None
         try:
             for check in self.recipe.verify:
                 self.progress.step(f"check {check.label}")
                 start = time.monotonic()
+                self.cloud_init_pending = None
                 outcome = getattr(self, f"check_{check.check}")(check)
                 outcome.seconds = round(time.monotonic() - start, 2)
-                self.progress.note(outcome.line())
+                if self.cloud_init_pending is not None:
+                    pending = (outcome, self.cloud_init_pending)
+                else:
+                    self.progress.note(outcome.line())
                 outcomes.append(outcome)
+            if pending is not None:
+                self.progress.step("check ssh: waiting for cloud-init to finish")
+                self.finish_cloud_init(*pending)
+                self.progress.note(pending[0].line())
         finally:
             self.close()
         return outcomes
 
     def check_ssh(self, check: Check) -> Outcome:
+        """Log in with the pinned host key and read the host name and addresses as soon as SSH answers: the
+        key, the user and the host name come from cloud-init's first stage, so a login proves them. That
+        cloud-init also finished is confirmed after the other checks have run (finish_cloud_init), so they
+        need not wait for it; a recipe with late commands waits for cloud-init first, since its commands may
+        change what the other checks look at."""
         r = self.recipe
         want_addr = r.network.ip or self.access.address
         expected = (f"login as {self.access.user} with the pinned host key, hostname {r.hostname}, "
@@ -119,17 +137,33 @@ class CheckRunner:
             shell = self._shell(check.timeout)
         except ImgbuildError as exc:
             return Outcome("ssh", False, expected, exc.message)
-        status = shell.run("cloud-init status --wait >/dev/null 2>&1; cloud-init status 2>/dev/null | head -1",
-                           timeout=check.timeout).stdout.strip()
         hostname = shell.run("hostname").stdout.strip()
         addrs = shell.run("ip -o -4 addr show scope global | awk '{print $4}'").stdout.split()
         ips = [a.split("/")[0] for a in addrs]
-        seen = f"hostname {hostname or '?'}, addresses {', '.join(addrs) or 'none'}, cloud-init {status or 'status unknown'}"
-        # "disabled": a later boot without the seed ISO, where cloud-init rightly does nothing.
-        ok = hostname == r.hostname and want_addr in ips and status in ("status: done", "status: disabled")
+        seen = f"hostname {hostname or '?'}, addresses {', '.join(addrs) or 'none'}"
+        ok = hostname == r.hostname and want_addr in ips
         if r.network.address:
             ok = ok and r.network.address in addrs
-        return Outcome("ssh", ok, expected, seen)
+        outcome = Outcome("ssh", ok, expected, seen)
+        if r.late_commands:
+            self.finish_cloud_init(outcome, check)
+        else:
+            self.cloud_init_pending = check
+        return outcome
+
+    def finish_cloud_init(self, outcome: Outcome, check: Check) -> None:
+        """Complete the ssh check: wait for cloud-init to finish and require that it did without error
+        ("disabled": a later boot without the seed ISO, where cloud-init rightly does nothing)."""
+        start = time.monotonic()
+        try:
+            shell = self._shell(check.timeout)
+            status = shell.run("cloud-init status --wait >/dev/null 2>&1; cloud-init status 2>/dev/null | head -1",
+                               timeout=check.timeout).stdout.strip()
+        except (ImgbuildError, OSError, paramiko.SSHException) as exc:
+            status = f"unknown ({exc})"
+        outcome.seen += f", cloud-init {status or 'status unknown'}"
+        outcome.ok = outcome.ok and status in ("status: done", "status: disabled")
+        outcome.seconds = round(outcome.seconds + time.monotonic() - start, 2)
 
     def check_service(self, check: Check) -> Outcome:
         name = check.name or ""

@@ -9,8 +9,13 @@ import pytest
 
 from builder.image import ImageSpec, image_path
 from builder.image import build as build_mod
+from builder.image.manifest import Manifest, Package, read_manifest
 
 SPEC = ImageSpec(tasks=("ssh-server",))
+
+
+def packages(version: str) -> Manifest:
+    return Manifest("key", "trixie", (Package("openssh-server", version, "amd64", "openssh"),))
 
 
 @pytest.fixture
@@ -20,7 +25,7 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_a_failed_build_leaves_nothing_the_next_run_trusts(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def crash(spec, key, work: Path, final: Path, progress) -> None:
+    def crash(spec, key, work: Path, final: Path, progress) -> tuple[Path, Manifest]:
         (work / "disk.qcow2").write_bytes(b"half an image")
         raise RuntimeError("power cut")
 
@@ -41,26 +46,27 @@ def test_a_killed_builds_leftovers_are_removed_and_the_image_renamed_into_place(
     other = final.parent / ".build-bookworm-seabios-0123456789abcdef01234567-zzzz9999"
     other.mkdir()
 
-    def fake(spec, key, work: Path, final: Path, progress) -> None:
+    def fake(spec, key, work: Path, final: Path, progress) -> tuple[Path, Manifest]:
         assert not stale.exists() and not other.exists()
-        final.write_bytes(b"qcow2")
+        (work / "disk.qcow2").write_bytes(b"qcow2")
+        return work / "disk.qcow2", packages("1")
 
     monkeypatch.setattr(build_mod, "_build", fake)
     image = build_mod.build_golden_image(SPEC)
-    assert image.path == final and not image.cached
+    assert image.path == final and not image.cached and final.read_bytes() == b"qcow2"
     assert build_mod.build_golden_image(SPEC).cached
+    assert read_manifest(final) == packages("1")  # written beside it, after the rename
 
 
 def test_refresh_builds_again_and_leaves_the_old_bytes_to_their_holders(
     cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    builds: list[int] = []
+    builds: list[tuple[bytes, Manifest]] = [(b"build 1", packages("1")), (b"build 2", packages("2"))]
 
-    def fake(spec, key, work: Path, final: Path, progress) -> None:
-        builds.append(1)
-        part = work / "disk.qcow2"
-        part.write_bytes(f"build {len(builds)}".encode())
-        part.replace(final)
+    def fake(spec, key, work: Path, final: Path, progress) -> tuple[Path, Manifest]:
+        data, manifest = builds.pop(0)
+        (work / "disk.qcow2").write_bytes(data)
+        return work / "disk.qcow2", manifest
 
     monkeypatch.setattr(build_mod, "_build", fake)
     first = build_mod.build_golden_image(SPEC)
@@ -69,9 +75,27 @@ def test_refresh_builds_again_and_leaves_the_old_bytes_to_their_holders(
     assert build_mod.build_golden_image(SPEC).cached and len(builds) == 1
 
     refreshed = build_mod.build_golden_image(SPEC, refresh=True)
-    assert not refreshed.cached and refreshed.path == first.path and len(builds) == 2
-    assert refreshed.path.read_bytes() == b"build 2"
+    assert not refreshed.cached and refreshed.path == first.path and not builds
+    assert refreshed.path.read_bytes() == b"build 2" and not refreshed.identical
     assert held.read_bytes() == b"build 1"
+    assert refreshed.changes is not None and refreshed.changes.summary() == "1 package upgraded: openssh-server 1 -> 2"
+    assert read_manifest(refreshed.path) == packages("2")
+
+
+def test_a_refresh_that_gives_the_same_bytes_keeps_the_cached_file(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Builds are reproducible: a night without new packages rebuilds the same bytes, and the cached file (its
+    inode, the hash the cache remembers for it, the VMs built on it) stays exactly as it was."""
+    def fake(spec, key, work: Path, final: Path, progress) -> tuple[Path, Manifest]:
+        (work / "disk.qcow2").write_bytes(b"the same bytes")
+        return work / "disk.qcow2", packages("1")
+
+    monkeypatch.setattr(build_mod, "_build", fake)
+    first = build_mod.build_golden_image(SPEC)
+    inode = first.path.stat().st_ino
+    again = build_mod.build_golden_image(SPEC, refresh=True)
+    assert again.identical and not again.changes and again.path.stat().st_ino == inode
+    assert again.changes is not None and again.changes.summary() == "no package changed"
+    assert not list(first.path.parent.glob(".build-*"))
 
 
 def test_builds_of_a_release_take_turns_on_the_shared_apt_cache(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -95,7 +119,7 @@ def test_builds_of_a_release_take_turns_on_the_shared_apt_cache(cache: Path, mon
     steps = Steps()
     with exclusive_lock(apt_cache.parent / f".{apt_cache.name}.lock"):  # another build holds the cache
         worker = threading.Thread(target=bootstrap_mod.bootstrap, args=(SPEC, cache / "root"),
-                                  kwargs={"progress": steps})  # fmt: skip
+                                  kwargs={"progress": steps, "epoch": 1})  # fmt: skip
         worker.start()
         worker.join(timeout=1.0)
         assert worker.is_alive() and ran == []

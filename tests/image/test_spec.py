@@ -98,3 +98,36 @@ def test_the_locale_is_part_of_the_key_and_found_in_debians_list() -> None:
     assert locale_gen_line("en_US.UTF-8", supported) == "en_US.UTF-8 UTF-8"
     with pytest.raises(ImgbuildError, match="xx_XX.UTF-8 is not one Debian's locales package can build"):
         locale_gen_line("xx_XX.UTF-8", supported)
+
+
+def test_the_keyboard_is_part_of_the_key_and_brings_the_console_keymap_tools() -> None:
+    from builder.image.bootconfig import default_keyboard
+
+    assert image_key(ImageSpec(keyboard="de")) != image_key(ImageSpec())
+    assert "console-setup" in package_set(ImageSpec(keyboard="de"))
+    assert "console-setup" not in package_set(ImageSpec())  # the kernel's built-in layout is US
+    text = default_keyboard("de(nodeadkeys)")
+    assert 'XKBLAYOUT="de"\n' in text and 'XKBVARIANT="nodeadkeys"\n' in text and 'XKBMODEL="pc105"\n' in text
+    with pytest.raises(InvalidInput, match="not a keyboard layout"):
+        ImageSpec(keyboard="de; rm -rf /")
+
+
+def test_a_layout_xkb_data_does_not_know_is_refused(tmp_path) -> None:
+    from pathlib import Path
+
+    from builder.image.configure import configure_keyboard
+
+    rules = tmp_path / "usr/share/X11/xkb/rules"
+    rules.mkdir(parents=True)
+    (rules / "base.lst").write_text(Path("/usr/share/X11/xkb/rules/base.lst").read_text())  # xkb-data's own list
+    with pytest.raises(ImgbuildError, match="keyboard layout 'xx' is not one xkb-data knows"):
+        configure_keyboard(tmp_path, "xx", {}, 1_700_000_000)
+    configure_keyboard(tmp_path, "us", {}, 1_700_000_000)  # nothing to do for the built-in layout
+    assert not (tmp_path / "etc/default/keyboard").exists()
+
+
+def test_the_time_zone_is_part_of_the_key_and_must_be_a_tz_name() -> None:
+    assert image_key(ImageSpec(timezone="Europe/Berlin")) != image_key(ImageSpec())
+    for bad in ("../../etc/passwd", "Europe/Ber lin", ""):
+        with pytest.raises(InvalidInput, match="time zone"):
+            ImageSpec(timezone=bad)

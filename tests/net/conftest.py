@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -20,6 +21,32 @@ HOSTS = REPO / "recipes" / "hosts"
 SHIPPED_HOSTS = sorted(p.stem for p in HOSTS.glob("*.yaml"))
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
+
+# Labs made by tests are named for the test process, so runs side by side on one machine (two worktrees, a
+# lead's run of main) never touch each other's labs; what a killed run left is removed by the next one.
+RUN = f"net{os.getpid()}"
+RUN_LAB = re.compile(r"^imgbuild-(net(\d+)-[a-z0-9-]+)_")
+
+
+def lab_name(role: str) -> str:
+    """The name of this test process's lab for *role* (at most 24 characters, as lab names must be)."""
+    name = f"{RUN}-{role}"
+    assert len(name) <= 24, name
+    return name
+
+
+@pytest.fixture(scope="session", autouse=True)
+def remove_labs_of_dead_test_runs() -> None:
+    from builder.lab import netns as ns
+    from builder.lab.down import teardown
+
+    stale = set()
+    for netns in ns.list_netns():
+        m = RUN_LAB.match(netns)
+        if m and not Path(f"/proc/{m[2]}").exists():
+            stale.add(m[1])
+    for lab in sorted(stale):
+        teardown(lab)
 
 
 @pytest.fixture

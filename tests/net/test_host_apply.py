@@ -19,7 +19,7 @@ from builder.lab import netns as ns
 from builder.lab.kernel import refusals
 from builder.lab.plan import LabPlan, lab_plan
 from builder.proc import run
-from tests.net.conftest import HOSTS, lab_from
+from tests.net.conftest import HOSTS, lab_from, lab_name
 from tests.net.netcheck import (
     addresses,
     bridge_ports,
@@ -36,19 +36,19 @@ from tests.net.netcheck import (
 
 @pytest.fixture(scope="module")
 def bridged(lab_dir) -> Iterator[LabPlan]:
-    with lab_from(HOSTS / "bridged.yaml", "net-apply-bridged") as plan:
+    with lab_from(HOSTS / "bridged.yaml", lab_name("apply-bridged")) as plan:
         yield plan
 
 
 @pytest.fixture(scope="module")
 def routed(lab_dir) -> Iterator[LabPlan]:
-    with lab_from(HOSTS / "routed.yaml", "net-apply-routed") as plan:
+    with lab_from(HOSTS / "routed.yaml", lab_name("apply-routed")) as plan:
         yield plan
 
 
 @pytest.fixture(scope="module")
 def nat(lab_dir) -> Iterator[LabPlan]:
-    with lab_from(HOSTS / "nat.yaml", "net-apply-nat") as plan:
+    with lab_from(HOSTS / "nat.yaml", lab_name("apply-nat")) as plan:
         yield plan
 
 
@@ -141,7 +141,7 @@ def test_bonds_and_vlans_parsed_view_and_kernel(host: str, lab_dir) -> None:
     else:
         assert view["vmbr0"]["bridge-vlan-aware"] == "yes" and view["vmbr0"]["bridge-vids"] == "2-4094"
         assert view["vmbr0.5"]["address"] == "10.10.5.2/24" and view["vmbr1v10"]["bridge-ports"] == "eno2.10"
-    lab = f"net-apply-{host}"
+    lab = lab_name(f"apply-{host}")
     refused = refusals(description, lab)
     if refused:
         message = "; ".join(f"{r.feature} ({r.error})" for r in refused)
@@ -162,4 +162,4 @@ def test_bonds_and_vlans_parsed_view_and_kernel(host: str, lab_dir) -> None:
 
 def test_lab_plan_uses_the_rendered_file_unchanged() -> None:
     host = load_host(HOSTS / "chapter.yaml")
-    assert lab_plan(host, "net-x").interfaces == render_interfaces(host)
+    assert lab_plan(host, lab_name("x")).interfaces == render_interfaces(host)

@@ -17,10 +17,10 @@ import pytest
 
 from builder.lab import netns as ns
 from builder.lab.plan import lab_prefix, netns_name
-from tests.net.conftest import REPO, no_lab_left
+from tests.net.conftest import REPO, lab_name, no_lab_left
 from tests.net.netcheck import addresses, bridge_ports, links, nft_ruleset
 
-LAB = "net-cli"
+LAB = lab_name("cli")
 
 
 def cli(*args: str, labs: Path, timeout: float = 120, user: list[str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -115,7 +115,7 @@ def test_dhcp_on_the_nat_network_comes_from_the_node(chapter_lab: dict, tmp_path
 def test_status_text_and_json(chapter_lab: dict, labs: Path) -> None:
     text = cli("lab", "status", "--lab", LAB, labs=labs)
     assert text.returncode == 0 and f"lab {LAB}: up" in text.stdout
-    for needle in ("imgbuild-net-cli_node", "lan-client", "vmbr0", "192.168.1.10/24", "DHCP on vmbr1"):
+    for needle in (netns_name(LAB, "node"), "lan-client", "vmbr0", "192.168.1.10/24", "DHCP on vmbr1"):
         assert needle in text.stdout, text.stdout
     data = json.loads(cli("lab", "status", "--lab", LAB, "--json", labs=labs).stdout)
     assert data["up"] and data["guests"] == []
@@ -128,25 +128,25 @@ def test_a_second_lab_up_is_refused(chapter_lab: dict, labs: Path) -> None:
 
 
 def test_lab_up_names_the_missing_privileges(labs: Path) -> None:
-    nobody = cli("lab", "up", "--lab", "net-priv", labs=labs,
+    nobody = cli("lab", "up", "--lab", lab_name("priv"), labs=labs,
                  user=["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
     assert nobody.returncode == 1 and "Traceback" not in nobody.stderr
     for needed in ("root", "CAP_NET_ADMIN", "CAP_SYS_ADMIN"):
         assert needed in nobody.stderr, nobody.stderr
-    no_net_admin = cli("lab", "up", "--lab", "net-priv", labs=labs,
+    no_net_admin = cli("lab", "up", "--lab", lab_name("priv"), labs=labs,
                        user=["setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin"])
     assert no_net_admin.returncode == 1 and "CAP_NET_ADMIN" in no_net_admin.stderr
     assert "CAP_SYS_ADMIN" not in no_net_admin.stderr and "root (" not in no_net_admin.stderr
-    assert no_lab_left("net-priv") == []
+    assert no_lab_left(lab_name("priv")) == []
 
 
 def test_a_kernel_refusal_is_named_before_anything_is_made(labs: Path) -> None:
-    result = cli("lab", "up", "recipes/hosts/bond.yaml", "--lab", "net-bond", labs=labs)
+    result = cli("lab", "up", "recipes/hosts/bond.yaml", "--lab", lab_name("bond"), labs=labs)
     if result.returncode == 0:  # a kernel with bonding: then it must have worked
-        assert cli("lab", "down", "--lab", "net-bond", labs=labs).returncode == 0
+        assert cli("lab", "down", "--lab", lab_name("bond"), labs=labs).returncode == 0
         return
     assert result.returncode == 1 and "kernel cannot build bond" in result.stderr and "bond0, bond1" in result.stderr
-    assert no_lab_left("net-bond") == [] and not (labs / "net-bond").exists()
+    assert no_lab_left(lab_name("bond")) == [] and not (labs / lab_name("bond")).exists()
 
 
 def start_lab_up(lab: str, labs: Path) -> subprocess.Popen[str]:
@@ -173,7 +173,7 @@ def lab_up_signalled(lab: str, labs: Path, sig: int) -> subprocess.Popen[str]:
 
 
 def test_lab_down_removes_what_a_killed_lab_up_left(labs: Path) -> None:
-    lab = "net-crash"
+    lab = lab_name("crash")
     lab_up_signalled(lab, labs, signal.SIGKILL).communicate()
     left = [n for n in ns.list_netns() if n.startswith(lab_prefix(lab))]
     assert left, "the kill came too late to leave anything: the test proves nothing"
@@ -186,7 +186,7 @@ def test_lab_down_removes_what_a_killed_lab_up_left(labs: Path) -> None:
 
 def test_lab_down_works_without_the_record(labs: Path) -> None:
     """Even with the record gone, the namespaces are found by their names, and processes in them stopped."""
-    lab = "net-norecord"
+    lab = lab_name("norecord")
     up = cli("lab", "up", "--lab", lab, labs=labs)
     assert up.returncode == 0, up.stderr
     (labs / lab / "state.json").unlink()
@@ -196,7 +196,7 @@ def test_lab_down_works_without_the_record(labs: Path) -> None:
 
 
 def test_an_interrupted_lab_up_removes_what_it_made(labs: Path) -> None:
-    lab = "net-intr"
+    lab = lab_name("intr")
     proc = lab_up_signalled(lab, labs, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     if proc.returncode == 0:  # the signal came after the lab was complete: nothing to prove this time
@@ -207,7 +207,7 @@ def test_an_interrupted_lab_up_removes_what_it_made(labs: Path) -> None:
 
 
 def test_lab_down_of_nothing(labs: Path) -> None:
-    result = cli("lab", "down", "--lab", "net-nothing", labs=labs)
+    result = cli("lab", "down", "--lab", lab_name("nothing"), labs=labs)
     assert result.returncode == 0 and "nothing to remove" in result.stdout
 
 
@@ -249,8 +249,8 @@ def test_a_guest_tap_joins_the_named_bridge_and_shows_in_status(chapter_lab: dic
             check_bridge(LAB, "vmbr9")
         with pytest.raises(ImgbuildError, match="not VLAN-aware"):
             check_bridge(LAB, "vmbr0", vlan=5)
-        with pytest.raises(ImgbuildError, match="lab net-nolab is not up"):
-            check_bridge("net-nolab", "vmbr0")
+        with pytest.raises(ImgbuildError, match=f"lab {lab_name('nolab')} is not up"):
+            check_bridge(lab_name("nolab"), "vmbr0")
     finally:
         os.environ.pop("IMGBUILD_LAB_DIR", None)
         ns.ip("link", "del", tap, netns=node, check=False)

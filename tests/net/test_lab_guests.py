@@ -26,12 +26,12 @@ import pytest
 from builder.lab import netns as ns
 from builder.lab.attach import tap_name
 from builder.lab.plan import netns_name
-from tests.net.conftest import REPO, no_lab_left
+from tests.net.conftest import REPO, lab_name, no_lab_left
 from tests.net.netcheck import connect, listen, mac_of, neighbour_mac, run_in
 
 pytestmark = pytest.mark.boot
 
-LAB = "net-claims"
+LAB = lab_name("claims")
 NODE, LAN_CLIENT, PROVIDER = (netns_name(LAB, role) for role in ("node", "lan-client", "provider"))
 
 NAT_GUEST = """\

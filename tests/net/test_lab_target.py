@@ -18,9 +18,9 @@ from builder.targets.local import LocalTarget, LocalVM
 from builder.targets.local.qemu_cmd import DiskState, Layout, qemu_argv
 from builder.targets.local.state import BrokenState, LabForward, LabNics, load_state, save_state
 from builder.targets.select import open_target
-from tests.net.conftest import HOSTS, lab_from
+from tests.net.conftest import HOSTS, lab_from, lab_name
 
-LAB = "net-target"
+LAB = lab_name("target")
 
 
 def layout(**kw: object) -> Layout:

@@ -17,9 +17,14 @@ pytestmark = pytest.mark.boot
 
 WRONG_TEXT = """\
 extends: web-server
-description: web-server whose HTTP check expects the wrong page
+description: web-server whose HTTP check expects the wrong page, and whose late command breaks cron
+late_commands:
+  - systemctl disable --now cron
 verify:
   - check: ssh
+  - check: service
+    name: cron
+    timeout: 30
   - check: http
     port: 80
     path: /
@@ -35,17 +40,19 @@ def test_wrong_http_text_fails_make_and_reuses_the_image(imgbuild) -> None:
     result = imgbuild("make", "web-wrong")
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
-    assert "1 check(s) failed: http :80/" in result.stderr
+    assert "2 check(s) failed: service cron, http :80/" in result.stderr
     assert "report.json" in result.stderr
     report = imgbuild.report("web-wrong")
-    assert report["ok"] is False and report["failed_checks"] == ["http :80/"]
+    assert report["ok"] is False and report["failed_checks"] == ["service cron", "http :80/"]
     http = check_named(report, "http :80/")
     assert "Welcome to nginx!" in http["expected"]
     assert http["seen"].startswith("HTTP 200") and "Apache2" in http["seen"]
-    assert check_named(report, "ssh")["ok"]
-    assert report["cache"]["image"]["reused"] is True
+    # A service the guest broke fails its check: with late commands, checks wait for cloud-init to finish.
+    assert check_named(report, "service cron")["seen"] == "cron is inactive"
+    assert check_named(report, "ssh")["ok"] and "cloud-init status: done" in check_named(report, "ssh")["seen"]
+    assert report["cache"]["image"]["reused"] is True  # late commands need no image of their own
     verify = next(s for s in report["stages"] if s["name"] == "verify")
-    assert verify["ok"] is False and "1 of 2 checks failed" in verify["detail"]
+    assert verify["ok"] is False and "2 of 3 checks failed" in verify["detail"]
     # A failed make leaves no VM behind (no --keep-on-failure).
     assert report["vm"]["state"] == "destroyed after failure"
     assert qemu_processes(imgbuild.out) == []

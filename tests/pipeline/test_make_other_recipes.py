@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shlex
+import subprocess
 import sys
 
 import pytest
@@ -16,15 +18,27 @@ from tests.pipeline.conftest import check_named
 pytestmark = pytest.mark.boot
 
 
-def test_ssh_server_over_dhcp(imgbuild) -> None:
-    result = imgbuild("make", "ssh-server")
+def test_ssh_server_over_dhcp_with_a_german_keyboard(imgbuild) -> None:
+    """The shipped ssh-server recipe with `keyboard: de` (no other test boots this image, so the keyboard
+    costs no extra build): the image method honours it on the console and for X."""
+    recipe = imgbuild.recipes / "ssh-server.yaml"
+    recipe.write_text(recipe.read_text() + "keyboard: de\n")
+    result = imgbuild("make", "ssh-server", "--keep")
     assert result.returncode == 0, result.stderr[-3000:]
     report = imgbuild.report("ssh-server")
     assert report["ok"] and report["vm"]["address"] == "10.0.2.15"  # slirp's first DHCP lease
     ssh = check_named(report, "ssh")
     assert ssh["ok"] and "10.0.2.15/24" in ssh["seen"]
     assert check_named(report, "service ssh")["ok"]
-    assert report["vm"]["state"] == "shut down"
+    cmd = [*shlex.split(report["access"]["ssh"]), "-o", "BatchMode=yes",
+           "grep ^XKBLAYOUT= /etc/default/keyboard; localectl status | grep 'X11 Layout';"
+           " sudo dumpkeys -C /dev/tty1 | grep -E '^keycode +21 '"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=imgbuild.root)
+    assert proc.returncode == 0, proc.stderr
+    layout, x11, keycode = proc.stdout.splitlines()
+    assert layout == 'XKBLAYOUT="de"' and x11.split() == ["X11", "Layout:", "de"]
+    # The console's keymap is loaded: the key right of T (keycode 21) types z on a German keyboard, y on a US one.
+    assert keycode.split("=")[1].split()[0] in ("+z", "z"), keycode
 
 
 def test_lxde_desktop_logs_admin_in_and_shows_the_session(imgbuild, tmp_path) -> None:

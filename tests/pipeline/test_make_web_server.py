@@ -108,6 +108,40 @@ def test_the_guest_has_an_identity_of_its_own(imgbuild, made) -> None:
     assert len(machine_id) == 32 and hostname == "web-server" and active == ["active", "active"]
 
 
+def guest(imgbuild, report, command: str) -> str:
+    """Run *command* in the running guest over the access command make printed (pinned host key), on the
+    port the local target forwards now (a restart picks new ones)."""
+    target = LocalTarget(imgbuild.out)
+    vm = target.find_vm("web-server")
+    assert vm is not None
+    port = target.endpoint(vm, "192.168.1.250", 22).port
+    argv = shlex.split(report["access"]["ssh"])
+    argv[argv.index("-p") + 1] = str(port)
+    cmd = [*argv, "-o", "BatchMode=yes", command]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=imgbuild.root)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_the_first_boot_did_only_what_the_recipe_needs(imgbuild, made) -> None:
+    """What the golden image baked in (builder/image/firstboot.py), seen in the guest after its first boot:
+    no fsck of the fresh root filesystem, only the cloud-init modules the seed uses, sshd's password
+    setting from the image (cloud-init's set_passwords did not run), the time zone, and no wait for a
+    network that is configured already."""
+    _, report = made
+    assert guest(imgbuild, report, "systemctl show -p ConditionResult --value systemd-fsck-root").strip() == "no"
+    ran = set(guest(imgbuild, report, "sudo grep -o 'Running module [a-z_]*' /var/log/cloud-init.log "
+                                      "| cut -d' ' -f3 | sort -u").split())
+    kept = {"write_files", "set_hostname", "update_hostname", "update_etc_hosts", "users_groups", "ssh",
+            "runcmd", "scripts_user", "final_message"}  # builder/image/firstboot.py; Debian's list has ~50
+    assert {"set_hostname", "users_groups", "ssh"} <= ran <= kept, ran
+    assert "passwordauthentication no" in guest(imgbuild, report, "sudo sshd -T").splitlines()
+    assert guest(imgbuild, report, "timedatectl show -p Timezone --value").strip() == "Etc/UTC"
+    chain = guest(imgbuild, report, "systemd-analyze critical-chain multi-user.target --no-pager")
+    assert "systemd-fsck-root" not in chain and "wait-online" not in chain, chain
+    assert "imgbuild: web-server is up after" in guest(imgbuild, report, "sudo cat /var/log/cloud-init-output.log")
+
+
 def test_screendump_and_media_change(imgbuild, made, tmp_path) -> None:
     target = LocalTarget(imgbuild.out)
     vm = target.find_vm("web-server")
@@ -154,6 +188,8 @@ def test_identity_survives_a_reboot_without_the_seed(imgbuild, made) -> None:
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     checks = {c["check"]: c for c in json.loads(result.stdout)}
     assert checks["ssh"]["ok"] and "192.168.1.250/24" in checks["ssh"]["seen"]
+    # Not the first boot any more: the root filesystem is checked again, as on any Debian system.
+    assert guest(imgbuild, made[1], "systemctl show -p ConditionResult --value systemd-fsck-root").strip() == "yes"
 
 
 def test_tampered_known_hosts_fails_ssh(imgbuild, made, tmp_path) -> None:

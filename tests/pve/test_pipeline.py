@@ -20,9 +20,11 @@ import pytest
 from builder.cli.main import main
 from builder.errors import ImgbuildError
 from builder.image.build import GoldenImage
+from builder.image.manifest import Manifest, Package
 from builder.pipeline import make as make_module
 from builder.pipeline.make import MakeOptions, make
 from builder.proc import run
+from builder.progress import NullProgress
 from builder.recipe.model import Recipe, derived_mac
 from builder.targets.pve.connect import open_pve_target
 from builder.targets.pve.target import PveTarget
@@ -99,6 +101,49 @@ def test_refresh_image_makes_a_new_vm_and_replaces_the_old_upload(  # type: igno
     again = make(web_server, tmp_path / "out", target, MakeOptions())
     assert again.ok and again.vm["reused"] is True
     assert stubbed == ["web-server@192.168.1.250"] * 3
+
+
+def test_refresh_with_no_new_package_keeps_the_vm_and_uploads_nothing(  # type: ignore[no-untyped-def]
+        target: PveTarget, pve_sim: PveSimulator, web_server: Recipe, stubbed: list[str], small_qcow2: Path,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Golden images are reproducible (tests/image/test_reproducible*.py): a refresh that finds no new package
+    gives the same bytes, so the VM is up to date and nothing goes to PVE; a refresh with new packages names them."""
+    last_night = Manifest("test-key", "trixie", (Package("openssh-server", "1:10.0p1-7", "amd64", "openssh"),),
+                          ("openssh-server",))
+    tonight = Manifest("test-key", "trixie", (Package("openssh-server", "1:10.0p1-7+deb13u1", "amd64", "openssh"),),
+                       ("openssh-server",))
+    refreshed = tmp_path / "refreshed.qcow2"
+    run(["qemu-img", "create", "-q", "-f", "qcow2", refreshed, "2G"])
+    mirror = [last_night]  # what the mirror has tonight
+
+    def golden(spec, refresh=False, progress=None):  # type: ignore[no-untyped-def]
+        if not refresh:
+            return GoldenImage(small_qcow2, "test-key", cached=True, manifest=last_night)
+        same = mirror[0] == last_night  # what build_golden_image finds: same packages, same bytes, file kept
+        return GoldenImage(small_qcow2 if same else refreshed, "test-key", cached=False, manifest=mirror[0],
+                           previous=last_night, identical=same)
+
+    notes: list[str] = []
+
+    class Notes(NullProgress):
+        def note(self, text: str) -> None:
+            notes.append(text)
+
+    monkeypatch.setattr(make_module, "build_golden_image", golden)
+    first = make(web_server, tmp_path / "out", target, MakeOptions())
+    uploaded = uploads_in(pve_sim)
+
+    quiet = make(web_server, tmp_path / "out", target, MakeOptions(refresh_image=True), Notes())
+    assert quiet.ok and quiet.vm["reused"] is True and quiet.cache["image"]["identical"] is True
+    assert uploads_in(pve_sim) == uploaded and "staged" not in quiet.cache  # not one byte uploaded
+    assert "image refreshed: no package changed (the same bytes: nothing to rebuild or upload)" in notes
+    assert quiet.cache["image"]["changes"]["summary"] == "no package changed"
+
+    mirror[0] = tonight
+    updated = make(web_server, tmp_path / "out", target, MakeOptions(refresh_image=True), Notes())
+    assert updated.ok and updated.vm["reused"] is False and updated.cache["staged"]["image"]["uploaded"] is True
+    assert "image refreshed: 1 package upgraded: openssh-server 1:10.0p1-7 -> 1:10.0p1-7+deb13u1" in notes
+    assert first.ok and len(pve_sim.vm_ids()) == 1  # the VM on last night's image was replaced
 
 
 FAULTS = {

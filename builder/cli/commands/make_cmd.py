@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="make a new VM even when the existing one is up to date (built from the same inputs)")
     p.add_argument("--refresh-image", action="store_true",
                    help="build the golden image again from the mirror's current packages (security updates) "
-                        "instead of reusing the cached one (needs root); the VM is then rebuilt on the new image")
+                        "instead of reusing the cached one (needs root); with new packages the VM is rebuilt on "
+                        "the new image, without any the image is byte-identical and the VM stays up to date")
     p.add_argument("--no-replace", dest="replace", action="store_false",
                    help="fail instead of replacing an existing VM of the same name that is not up to date")
     add_target_options(p)
