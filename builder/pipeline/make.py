@@ -264,6 +264,8 @@ def prepare_image(recipe: Recipe, report: Report, progress: Progress, *, refresh
         else:
             progress.note(f"image refreshed: {changes.summary()}")
         return golden
+    if refresh and not golden.cached:
+        progress.note("image refreshed: no earlier package list to compare it with")
     progress.note(f"golden image {'reused' if golden.cached else 'built'}: {golden.path}")
     return golden
 
