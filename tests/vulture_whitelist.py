@@ -17,6 +17,8 @@ from builder.recipe.model import Network
 from builder.render.write import Rendered
 from builder.targets.base import Endpoint, Target
 from builder.targets.pve.client import PveClient
+from builder.targets.pve.cluster import NodeInfo, StorageInfo
+from builder.targets.pve.doctor import ClusterView
 from builder.verify.checks import CheckRunner
 
 # Data kept in records for people and tests to read (parsed, reported): not behaviour
@@ -28,6 +30,9 @@ Network.mac_given
 Rendered.host_public_key
 Endpoint.via
 JobResult.failed_checks  # a job's result as the event stream and the summary carry it (docs/events.md)
+NodeInfo.maxcpu  # a node's figures from /cluster/resources
+StorageInfo.available
+ClusterView.sdn_zones  # imgbuild doctor --json
 # Interfaces: called by libraries, by name or by tests of the API they belong to
 Concat.seekable  # the file-object protocol pycdlib uses
 CheckRunner.check_ssh  # check_<kind> methods are dispatched by the recipe's check names

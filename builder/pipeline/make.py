@@ -120,7 +120,7 @@ def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
                 vm = existing
                 record.detail = "up to date: the VM was built from these exact inputs; verifying it again"
                 progress.note(f"{recipe.name} is up to date on {target.name} (use --rebuild for a new VM)")
-                report.vm = {"name": vm.name, "target": vm.target, "id": vm.ident, "reused": True}
+                report.vm = {"name": vm.name, "target": vm.target, "id": vm.ident, "reused": True, **where(vm)}
                 # Its seed still staged: a run ended (killed) before verifying it. Finish that run's work: after
                 # verification the seed is detached and removed; after a failure the VM goes like a new one.
                 seed = target.staged_copy(built.seed, "iso", label=f"{recipe.name}-seed")
@@ -134,7 +134,7 @@ def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
             with stages.stage("create"):
                 vm = create_vm(recipe, target, built, existing, method, inputs, options, progress)
                 created = True
-                report.vm = {"name": vm.name, "target": vm.target, "id": vm.ident, "reused": False}
+                report.vm = {"name": vm.name, "target": vm.target, "id": vm.ident, "reused": False, **where(vm)}
             if method == "installer":
                 with stages.stage("install"):
                     run_installer(recipe, target, vm, out_dir, progress)
@@ -168,6 +168,11 @@ def reported(report: Report, path: Path, leave: Callable[[bool], None]) -> Itera
     finally:
         leave(report.ok)
         report.write(path)
+
+
+def where(vm: VM) -> dict[str, str]:
+    """Where a VM lives when its target has several places (a Proxmox VE cluster's node), for the report."""
+    return {"node": str(vm.data["node"])} if vm.data.get("node") else {}
 
 
 def refuse_unsupported(recipe: Recipe, method: str) -> None:
@@ -259,6 +264,8 @@ def prepare_image(recipe: Recipe, report: Report, progress: Progress, *, refresh
         else:
             progress.note(f"image refreshed: {changes.summary()}")
         return golden
+    if refresh and not golden.cached:
+        progress.note("image refreshed: no earlier package list to compare it with")
     progress.note(f"golden image {'reused' if golden.cached else 'built'}: {golden.path}")
     return golden
 

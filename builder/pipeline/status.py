@@ -34,6 +34,7 @@ class VmStatus:
     latest: bool = False  # releases: labelled latest
     held_by: list[str] = field(default_factory=list)  # releases: VMs that depend on it
     broken: str | None = None  # why imgbuild cannot use this VM's record (remove it with destroy)
+    node: str | None = None  # the PVE cluster node it lives on (None on the local target)
 
 
 @dataclass
@@ -94,11 +95,11 @@ def vm_status(target: Target, vm: VM, recipes: dict[str, Recipe], release_info: 
     job = last_job(out_root / vm.name / "report.json", target.name)
     if vm.broken:  # its record is unusable: say so, and let the other VMs' rows stand
         return VmStatus(vm.name, vm.ident, target.name, "broken", "other", None, None, [vm.broken], job,
-                        (job or {}).get("address"), broken=vm.broken)
+                        (job or {}).get("address"), broken=vm.broken, node=vm.data.get("node"))
     template = target.is_template(vm)
     state = "template" if template else ("running" if target.is_running(vm) else "stopped")
     row = VmStatus(vm.name, vm.ident, target.name, state, "other", None, None, [], job,
-                   (job or {}).get("address"))
+                   (job or {}).get("address"), node=vm.data.get("node"))
     rel = release_info.get(vm.name)
     if rel is not None:
         row.kind, row.recipe, row.latest = "release", rel.recipe, rel.latest

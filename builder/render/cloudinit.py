@@ -97,13 +97,17 @@ AUTOLOGIN_CONF = "/etc/lightdm/lightdm.conf.d/50-imgbuild-autologin.conf"
 def autologin_files(recipe: Recipe) -> list[dict[str, Any]]:
     """lightdm starts the recipe's desktop session for ``desktop.autologin`` at boot, without a greeter.
     cloud-init writes it in its init stage, which systemd orders before systemd-user-sessions and so before
-    the display manager starts."""
+    the display manager starts.
+
+    The X server runs without its screen saver and DPMS (``-s 0 -dpms``): LXDE's light-locker locks the
+    session when the screen saver starts (after 10 idle minutes), and a key-only account has no password to
+    unlock it with; the session would be lost to a greeter nobody can pass."""
     desktop = recipe.desktop
     if desktop.autologin is None or desktop.session is None:
         return []
     conf = (f"# written by imgbuild: desktop.autologin of recipe {recipe.name}\n"
             f"[Seat:*]\nautologin-user={desktop.autologin}\nautologin-user-timeout=0\n"
-            f"autologin-session={desktop.session.name}\n")
+            f"autologin-session={desktop.session.name}\nxserver-command=X -s 0 -dpms\n")
     return [{"path": AUTOLOGIN_CONF, "content": conf}]
 
 

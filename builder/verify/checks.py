@@ -18,8 +18,12 @@ from builder.recipe.model import Check, Recipe
 from builder.recipe.tasks import Session
 from builder.targets.base import VM, Target
 from builder.verify.desktop import SessionState, probe_command, session_state
-from builder.verify.pngcheck import inspect_png
+from builder.verify.pngcheck import changed_share, decode_png, inspect_raster
 from builder.verify.ssh import GuestShell, HostKeyMismatch
+
+# Two screenshots 3 s apart that differ in fewer pixels than this share show a desktop that has finished painting
+# (LXDE's panel has a clock and a CPU graph: about 0.1% of a 1024x768 screen).
+SETTLED_CHANGE = 0.01
 
 
 @dataclass
@@ -242,19 +246,20 @@ class CheckRunner:
             time.sleep(3)
 
     def _settled_screenshot(self, deadline: float) -> tuple[str, bool]:
-        """Screenshots until one is not blank and the same as the one before it (the desktop has finished
-        painting), or the deadline passes: then a non-blank one still counts. (what was seen, ok)."""
+        """Screenshots until one is not blank and nearly the same as the one before it (the desktop has finished
+        painting; a panel's clock or CPU graph may still tick), or the deadline passes: then a non-blank one
+        still counts. (what was seen, ok)."""
         a = self.access
-        seen, previous, ok = "no screenshot", b"", False
+        seen, previous, ok = "no screenshot", None, False
         while True:
             try:
-                data = a.target.screenshot(a.vm, a.screenshot).read_bytes()
-                info = inspect_png(data)
+                raster = decode_png(a.target.screenshot(a.vm, a.screenshot).read_bytes())
+                info = inspect_raster(raster)
                 ok = not info.blank
                 seen = f"screenshot {info.width}x{info.height}, {info.colours} colours sampled"
-                if ok and data == previous:
+                if ok and previous is not None and changed_share(previous, raster) < SETTLED_CHANGE:
                     return seen, True
-                previous = data
+                previous = raster
             except (ImgbuildError, ValueError, OSError) as exc:
                 seen, ok = f"screenshot failed: {exc}", False
             if time.monotonic() >= deadline:

@@ -31,7 +31,10 @@ class Raster:
 
 def inspect_png(data: bytes) -> PngInfo:
     """Parse and fully decode an 8-bit, non-interlaced PNG. Raises ValueError if it is not a valid one."""
-    raster = decode_png(data)
+    return inspect_raster(decode_png(data))
+
+
+def inspect_raster(raster: Raster) -> PngInfo:
     bpp, colours = raster.channels, set[bytes]()
     stride = raster.width * bpp
     for y in range(raster.height):
@@ -41,6 +44,23 @@ def inspect_png(data: bytes) -> PngInfo:
         for x in range(0, stride, bpp * 7):  # sample every 7th pixel: plenty to tell blank from not
             colours.add(line[x : x + bpp])
     return PngInfo(width=raster.width, height=raster.height, colours=len(colours))
+
+
+def changed_share(a: Raster, b: Raster) -> float:
+    """The share of pixels that differ between two pictures (1.0 when their sizes differ)."""
+    if (a.width, a.height, a.channels) != (b.width, b.height, b.channels):
+        return 1.0
+    if a.pixels == b.pixels:
+        return 0.0
+    n, step, pa, pb = a.width * a.height, a.channels, a.pixels, b.pixels
+    stride = a.width * step
+    changed = 0
+    for y in range(a.height):  # whole rows compare at C speed; only rows that differ are walked
+        row = slice(y * stride, (y + 1) * stride)
+        if pa[row] != pb[row]:
+            ra, rb = pa[row], pb[row]
+            changed += sum(1 for x in range(0, stride, step) if ra[x : x + step] != rb[x : x + step])
+    return changed / n
 
 
 def decode_png(data: bytes) -> Raster:

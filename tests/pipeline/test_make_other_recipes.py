@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 import sys
@@ -63,6 +64,9 @@ def test_lxde_desktop_logs_admin_in_and_shows_the_session(imgbuild, tmp_path) ->
     assert vm is not None
     with GuestShell(target.endpoint(vm, "10.10.10.20", 22), "admin", out / "known_hosts", out / "id_ed25519") as shell:
         shell.connect(120)
+        # the session never blanks or locks (light-locker locks when the X screen saver starts)
+        xset = shell.run("DISPLAY=:0 xset q").stdout
+        assert re.search(r"timeout:\s+0\b", xset) and "DPMS is Disabled" in xset, xset
         greeter, seen = greeter_screen(shell, lambda: target.screenshot(vm, tmp_path / "greeter.png").read_bytes())
     share = differing_fraction(session, greeter)
     sys.stderr.write(f"greeter: {seen}; {share:.1%} of the pixels differ from the session's screen\n")

@@ -55,11 +55,12 @@ class Made:
 
 
 @contextlib.contextmanager
-def made_on_sim(tmp: Path, recipe: str, *make_args: str, bridges: tuple[str, ...] = ("vmbr0",),
+def made_on_sim(tmp: Path, recipe: str, *make_args: str,
+                bridges: tuple[str, ...] | dict[str, str | None] = ("vmbr0",),
                 guest_ports: tuple[int, ...] = (22, 80), timeout: float = 1800) -> Iterator[Made]:
     """``imgbuild make RECIPE --target sim *make_args``; afterwards the VM is destroyed, QEMU stopped, and any
     request the simulator rejected fails the module."""
-    sim = PveSimulator(backend=QemuBackend(accel="tcg", guest_ports=guest_ports), bridges=bridges).start()
+    sim = PveSimulator(backend=QemuBackend(accel="tcg", guest_ports=guest_ports), bridges=bridges).start()  # type: ignore[arg-type]
     try:
         with JumpServer(guest_route(sim), tmp) as jump:
             known = tmp / "jump_known_hosts"

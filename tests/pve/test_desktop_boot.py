@@ -17,7 +17,7 @@ import pytest
 from builder.targets.local.qmp import QMPClient
 from builder.targets.pve.connect import open_pve_target
 from builder.targets.pve.target import PveTarget
-from builder.verify.pngcheck import decode_png, inspect_png
+from builder.verify.pngcheck import changed_share, decode_png, inspect_png
 from builder.verify.ssh import GuestShell
 from tests.desktop.greeter import differing_fraction, greeter_screen
 from tests.pve.simboot import made_on_sim
@@ -30,8 +30,9 @@ ADDRESS = "10.10.10.20"
 @pytest.fixture(scope="module")
 def booted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("pvedesktop")
-    with made_on_sim(tmp, "lxde-desktop", "--keep", bridges=("vmbr0", "vmbr1"), guest_ports=(22,),
-                     timeout=2700) as made:
+    # vmbr1 as the networking chapter sets it up on the node: the NAT bridge 10.10.10.1/24 (checked by make)
+    with made_on_sim(tmp, "lxde-desktop", "--keep", bridges={"vmbr0": None, "vmbr1": "10.10.10.1/24"},
+                     guest_ports=(22,), timeout=2700) as made:
         target = open_pve_target("sim", made.out, environ=made.env)
         try:
             yield {"sim": made.sim, "proc": made.proc, "out": made.out, "env": made.env, "target": target}
@@ -61,18 +62,22 @@ def test_lxde_desktop_is_verified_on_pve_with_a_console_screenshot(booted: dict)
 
 
 def test_the_console_shows_the_guests_own_screen(booted: dict, tmp_path: Path) -> None:
+    """The console's picture is QEMU's own screen: identical, but for what changed between the two reads
+    (LXDE's panel redraws a CPU graph every second: at most a few hundred pixels)."""
     target: PveTarget = booted["target"]
     vm = target.find_vm("lxde-desktop")
     assert vm is not None and target.is_running(vm)
     qmp_socket = booted["sim"].backend.workdir / vm.ident / "qmp.sock"
-    for _ in range(5):  # the panel's clock may tick between the two reads: then the next pair agrees
+    shares = []
+    for _ in range(5):
         ours = decode_png(target.screenshot(vm, tmp_path / "console.png").read_bytes())
         with QMPClient(qmp_socket).connect(wait=5) as qmp:
             qmp.execute("screendump", {"filename": str(tmp_path / "dump.png"), "format": "png"}, timeout=30)
-        qemus = decode_png((tmp_path / "dump.png").read_bytes())
-        if (ours.width, ours.height, ours.pixels) == (qemus.width, qemus.height, qemus.pixels):
-            return
-    pytest.fail("five console reads differed from QEMU's screendump taken right after each")
+        shares.append(changed_share(ours, decode_png((tmp_path / "dump.png").read_bytes())))
+        if shares[-1] < 0.002:
+            break
+    sys.stderr.write(f"console vs screendump: {', '.join(f'{s:.3%}' for s in shares)} of the pixels differ\n")
+    assert shares[-1] < 0.002, shares
 
 
 def test_the_session_is_not_the_greeter(booted: dict, tmp_path: Path) -> None:

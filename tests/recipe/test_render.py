@@ -100,7 +100,7 @@ def test_lxde_desktop_logs_admin_in_at_boot(rendered_all: Path) -> None:
              ["write_files"]}
     conf = files["/etc/lightdm/lightdm.conf.d/50-imgbuild-autologin.conf"]
     assert conf.splitlines()[1:] == ["[Seat:*]", "autologin-user=admin", "autologin-user-timeout=0",
-                                     "autologin-session=LXDE"]
+                                     "autologin-session=LXDE", "xserver-command=X -s 0 -dpms"]
     for name in SHIPPED:  # no other recipe logs anyone in
         if name != "lxde-desktop":
             assert "lightdm" not in (rendered_all / name / "user-data").read_text()

@@ -62,8 +62,11 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
                      + (" shared" if s["shared"] else ""))
         for b in n.bridges:
             out.text(f"  {b['type']:<7} {b['iface']:<14} {b['cidr'] or ''}")
-    if diag.sdn_vnets:
+    if diag.sdn_zones:
         out.text()
+        out.text("SDN zones: " + ", ".join(f"{z['zone']} ({z['type']}{', ' + z['state'] if z['state'] else ''})"
+                                           for z in diag.sdn_zones))
+    if diag.sdn_vnets:
         out.text("SDN vnets: " + ", ".join(f"{v['vnet']} (zone {v['zone']}{', ' + v['state'] if v['state'] else ''})"
                                            for v in diag.sdn_vnets))
     out.text()

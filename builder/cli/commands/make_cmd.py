@@ -12,7 +12,9 @@ from builder.targets.select import add_target_options
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("make", help="build, boot and verify VMs from recipes",
-                       description="Run the whole job for each RECIPE: render -> build -> image -> boot -> verify. "
+                       description="Run the whole job for each RECIPE: check -> render -> build -> image -> boot -> verify "
+                                   "(check: what the target needs, before anything changes; on Proxmox VE the "
+                                   "token's privileges, the node, its storages and network). "
                                    "Writes OUT/NAME/report.json (and a copy under OUT/NAME/history/) and "
                                    "OUT/NAME/make.log, and exits non-zero if any job failed. By default the "
                                    "verified VM is shut down cleanly; --keep leaves it running. Like make(1), an "
