@@ -68,7 +68,9 @@ def test_the_documented_minimal_role_is_enough(limited: PveSimulator, web_server
     assert main([*base, "clone", "web-server", "--name", "web-2", "--linked", "--ip", "192.168.1.251/24",
                  "--target", "sim"]) == 0
     assert main([*base, "status", "--target", "sim"]) == 0
-    for name in ("web-2", "web-server"):
+    # template publishes a release (a labelled copy of the VM, proven by a linked clone): it goes too
+    release = json.loads((tmp_path / "out" / "web-server" / "release.json").read_text())["release"]["name"]
+    for name in ("web-2", release, "web-server"):
         assert main([*base, "destroy", name, "--target", "sim"]) == 0
     assert limited.vm_ids() == [] and limited.rejections == []  # not one request refused
 
