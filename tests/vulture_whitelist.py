@@ -20,6 +20,7 @@ from builder.targets.pve.client import PveClient
 from builder.targets.pve.cluster import NodeInfo, StorageInfo
 from builder.targets.pve.doctor import ClusterView
 from builder.verify.checks import CheckRunner
+from builder.verify.pngcheck import inspect_png
 
 # Data kept in records for people and tests to read (parsed, reported): not behaviour
 PackageRef.architecture
@@ -43,6 +44,7 @@ Archive.find_package  # the one-package form of find_packages, tested in tests/i
 PveClient.put  # the HTTP verbs of the client, all four
 ifupdown.parsed_view  # ifupdown2's own reading of a rendered file: what tests/net compare against
 netns.sysctl  # a namespace's /proc/sys, read by tests/net
+inspect_png  # reading a screenshot's size and colours: tests/desktop and tests/pipeline check screens with it
 CollectSink  # an event sink that keeps the stream as a list: callers (and tests/jobs) that want the events
 # Target methods the pipeline does not call today (the installer flow polls is_running and relies on the
 # default boot order); kept as tested capabilities of both targets (tests/local/test_boot_media_flow.py,
