@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import signal
 import stat
 import tempfile
 import time
@@ -28,8 +29,10 @@ def atomic_output(path: Path, mode: int = 0o644, binary: bool = True) -> Iterato
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PART, dir=path.parent)
+    tmp = None
     try:
+        with held_signals():
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PART, dir=path.parent)
         fcntl.flock(fd, fcntl.LOCK_SH)  # live: sweep_parts leaves it alone
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as fh:
@@ -38,9 +41,26 @@ def atomic_output(path: Path, mode: int = 0o644, binary: bool = True) -> Iterato
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def held_signals() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait (blocked) while the block runs, and arrive when it ends. Around creating a
+    part file and keeping its name, inside the caller's ``try``: an interrupt between the two would leave
+    the file behind, unnamed, for nobody to remove."""
+    try:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    except (ValueError, OSError):  # a thread that may not block them: nothing to guard
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def write_atomic(path: Path, data: bytes | str, mode: int = 0o644) -> bool:
@@ -63,15 +83,19 @@ def part_path(path: Path, mode: int = 0o600) -> Iterator[Path]:
     inside the block. Held (flock) while the block runs; removed afterwards unless renamed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PART, dir=path.parent)
+    fd, tmp = -1, None
     try:
+        with held_signals():
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PART, dir=path.parent)
         fcntl.flock(fd, fcntl.LOCK_SH)
         os.fchmod(fd, mode)
         yield Path(tmp)
     finally:
-        os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if fd >= 0:
+            os.close(fd)
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
 
 def sweep_parts(directory: Path, min_age: float = 2.0) -> list[Path]:

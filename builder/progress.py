@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Protocol, TextIO
+from typing import Protocol, TextIO, runtime_checkable
 
 from builder.secrets.redact import redact
 
@@ -33,6 +33,16 @@ class Progress(Protocol):
         """Bytes moved so far for a download or upload."""
 
 
+@runtime_checkable
+class StageProgress(Protocol):
+    """A Progress that also hears where stages begin and end (the console display, the job event stream)."""
+
+    def begin_stage(self, name: str) -> None: ...
+
+    def end_stage(self, ok: bool, summary: str = "", *, seconds: float | None = None,
+                  reused: bool = False) -> None: ...
+
+
 class NullProgress:
     def step(self, text: str) -> None:
         pass
@@ -47,28 +57,33 @@ class NullProgress:
 class ConsoleProgress:
     """Stage-aware progress on stderr. Live (redrawn) on a TTY, plain lines otherwise."""
 
-    def __init__(self, stream: TextIO | None = None, live: bool | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, live: bool | None = None, prefix: str = "") -> None:
         self.stream = stream or sys.stderr
         self.live = self.stream.isatty() if live is None else live
-        self.stage_name = ""
-        self.stage_start = time.monotonic()
+        self.prefix = prefix  # "[web-server] " when several jobs share the stream
+        self._stages: list[tuple[str, float]] = []  # stages nest: a release runs a make inside its stage
         self._last_line = ""
         self._last_transfer = 0.0
         self._transfer_start: dict[str, tuple[float, int]] = {}
 
+    @property
+    def stage_start(self) -> float:
+        return self._stages[-1][1] if self._stages else time.monotonic()
+
     def begin_stage(self, name: str) -> None:
         self._clear()
-        self.stage_name = name
-        self.stage_start = time.monotonic()
-        self.stream.write(redact(f"==> {name}\n"))
+        self.stream.write(redact(f"{self.prefix}{'  ' * len(self._stages)}==> {name}\n"))
+        self._stages.append((name, time.monotonic()))
         self.stream.flush()
 
-    def end_stage(self, ok: bool, summary: str = "") -> None:
+    def end_stage(self, ok: bool, summary: str = "", *, seconds: float | None = None,
+                  reused: bool = False) -> None:
         self._clear()
-        elapsed = time.monotonic() - self.stage_start
-        mark = "ok" if ok else "FAILED"
+        name, started = self._stages.pop() if self._stages else ("", time.monotonic())
+        elapsed = time.monotonic() - started if seconds is None else seconds
+        mark = ("reused" if reused else "ok") if ok else "FAILED"
         extra = f": {summary}" if summary else ""
-        self.stream.write(redact(f"    {self.stage_name} {mark} in {elapsed:.1f}s{extra}\n"))
+        self.stream.write(redact(f"{self.prefix}{'  ' * len(self._stages)}    {name} {mark} in {elapsed:.1f}s{extra}\n"))
         self.stream.flush()
 
     def _elapsed(self) -> str:
@@ -77,12 +92,12 @@ class ConsoleProgress:
     def _status(self, text: str) -> None:
         text = redact(text)
         if self.live:
-            line = f"    [{self._elapsed()}] {text}"[:160]
+            line = f"{self.prefix}    [{self._elapsed()}] {text}"[:160]
             pad = max(0, len(self._last_line) - len(line))
             self.stream.write("\r" + line + " " * pad)
             self._last_line = line
         else:
-            self.stream.write(f"    [{self._elapsed()}] {text}\n")
+            self.stream.write(f"{self.prefix}    [{self._elapsed()}] {text}\n")
         self.stream.flush()
 
     def _clear(self) -> None:
@@ -95,7 +110,7 @@ class ConsoleProgress:
 
     def note(self, text: str) -> None:
         self._clear()
-        self.stream.write(redact(f"    {text}\n"))
+        self.stream.write(redact(f"{self.prefix}    {text}\n"))
         self.stream.flush()
 
     def transfer(self, label: str, done: int, total: int | None) -> None:

@@ -15,6 +15,8 @@ from builder.recipe.model import Network
 from builder.render.write import Rendered
 from builder.targets.base import Endpoint, Target
 from builder.targets.pve.client import PveClient
+from builder.targets.pve.cluster import NodeInfo, StorageInfo
+from builder.targets.pve.doctor import ClusterView
 from builder.verify.checks import CheckRunner
 
 # Data kept in records for people and tests to read (parsed, reported): not behaviour
@@ -25,6 +27,9 @@ SyslogMessage.stamp
 Network.mac_given
 Rendered.host_public_key
 Endpoint.via
+NodeInfo.maxcpu  # a node's figures from /cluster/resources
+StorageInfo.available
+ClusterView.sdn_zones  # imgbuild doctor --json
 # Interfaces: called by libraries, by name or by tests of the API they belong to
 Concat.seekable  # the file-object protocol pycdlib uses
 CheckRunner.check_ssh  # check_<kind> methods are dispatched by the recipe's check names

@@ -92,9 +92,11 @@ def build_golden_image(spec: ImageSpec, *, refresh: bool = False,
         return GoldenImage(final, key, cached=True, manifest=package_manifest(spec, final, progress))
     _require_build_environment(spec)
     with exclusive_lock(lock_path(final)):
+        # (the image's lock is held from here on: manifests are read with _manifest_or_recover, which does
+        # not take it again; flock would wait for ourselves)
         if final.exists() and not refresh:  # another process finished it while we waited
-            return GoldenImage(final, key, cached=True, manifest=package_manifest(spec, final, progress))
-        previous = package_manifest(spec, final, progress) if final.exists() else None
+            return GoldenImage(final, key, cached=True, manifest=_manifest_or_recover(spec, final, progress))
+        previous = _manifest_or_recover(spec, final, progress) if final.exists() else None
         _remove_stale_builds(final)
         work = Path(tempfile.mkdtemp(prefix=f".build-{final.stem}-", dir=final.parent))
         try:
@@ -127,19 +129,26 @@ def package_manifest(spec: ImageSpec, image: Path, progress: Progress = NullProg
     manifest = read_manifest(image)
     if manifest is not None:
         return manifest
+    with exclusive_lock(lock_path(image)):  # a crashed reader's work directory is a stale build's
+        return _manifest_or_recover(spec, image, progress)
+
+
+def _manifest_or_recover(spec: ImageSpec, image: Path, progress: Progress) -> Manifest | None:
+    """package_manifest() for a caller that holds the image's lock already."""
+    manifest = read_manifest(image)  # another process may have read it out while we waited
+    if manifest is not None:
+        return manifest
     progress.step(f"image: {image.name} has no package manifest (cached before imgbuild wrote them); "
                   "reading its dpkg database from the disk")
+    work = Path(tempfile.mkdtemp(prefix=f".build-{image.stem}-", dir=image.parent))
     try:
-        with exclusive_lock(lock_path(image)):  # a crashed reader's work directory is a stale build's
-            work = Path(tempfile.mkdtemp(prefix=f".build-{image.stem}-", dir=image.parent))
-            try:
-                return recover_manifest(image, image_key=image_key(spec), release=spec.release,
-                                        requested=package_set(spec), workdir=work)
-            finally:
-                remove_tree(work)
+        return recover_manifest(image, image_key=image_key(spec), release=spec.release,
+                                requested=package_set(spec), workdir=work)
     except ImgbuildError as exc:
         progress.note(f"warning: no package manifest for {image.name}: {exc.message}")
         return None
+    finally:
+        remove_tree(work)
 
 
 def _require_build_environment(spec: ImageSpec) -> None:

@@ -7,20 +7,22 @@ from __future__ import annotations
 
 import contextlib
 import shlex
+import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from builder.cachedir import cached_sha256, content_key, sha256_file
+from builder.cachedir import cached_sha256, sha256_file
 from builder.errors import CheckFailed, GuestCrashed, ImgbuildError, InvalidInput
 from builder.fsutil import write_atomic
-from builder.image.build import GoldenImage, build_golden_image
+from builder.image.build import GoldenImage, build_golden_image, image_key
 from builder.image.manifest import manifest_path
 from builder.iso.installer import build_recipe_isos, read_seed_files
 from builder.iso.seed import build_seed_iso, content_epoch
 from builder.outdir import recipe_lock
 from builder.pipeline import specs
+from builder.pipeline.freshness import inputs_of
 from builder.pipeline.report import Report
 from builder.pipeline.stages import Stages
 from builder.progress import NullProgress, Progress
@@ -43,6 +45,26 @@ class MakeOptions:
     replace: bool = True  # replace an existing VM of the same name (when it is not up to date)
     rebuild: bool = False  # a new VM even when the existing one was built from the same inputs
     refresh_image: bool = False  # build the golden image again from the mirror's current packages
+    # shared by the jobs of one run: an image several recipes use is refreshed once, the others wait for it
+    refresh_once: RefreshOnce | None = None
+
+
+class RefreshOnce:
+    """Which golden images a run has already refreshed. ``claim`` serialises the jobs that want the same image:
+    the first refreshes it, the others wait and then reuse the fresh one (a failed refresh is tried again)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._done: set[str] = set()
+
+    @contextlib.contextmanager
+    def claim(self, image: str) -> Iterator[bool]:
+        with self._guard:
+            lock = self._locks.setdefault(image, threading.Lock())
+        with lock:
+            yield image not in self._done
+            self._done.add(image)
 
 
 @dataclass
@@ -78,9 +100,15 @@ def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
         with stages.stage("build"):
             built = build_artifacts(recipe, rendered, target, method, report, progress)
         if method == "image":
-            with stages.stage("image"):
-                built.golden = prepare_image(recipe, report, progress, refresh=options.refresh_image)
-        inputs = inputs_key(recipe, built, method)
+            with stages.stage("image") as record:
+                built.golden = prepare_image(recipe, report, progress, refresh=options.refresh_image,
+                                             once=options.refresh_once)
+                record.reused = built.golden.cached
+                report.changes = what_changed(built.golden, out_dir, report, progress)
+        recorded = inputs_of(recipe, method=method, seed=built.seed, installer=built.installer,
+                             image=built.golden.path if built.golden else None)
+        report.cache["inputs"] = recorded.as_dict()
+        inputs = recorded.key
         existing = target.find_vm(recipe.name)
         if existing is not None and target.is_template(existing):
             raise ImgbuildError(f"{recipe.name} on {target.name} is a template now; make will not replace it",
@@ -88,10 +116,11 @@ def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
                                        f"or remove it (and its clones) with imgbuild destroy")
         if existing is not None and not options.rebuild and target.built_from(existing) == inputs:
             with stages.stage("reuse") as record:
+                record.reused = True
                 vm = existing
                 record.detail = "up to date: the VM was built from these exact inputs; verifying it again"
                 progress.note(f"{recipe.name} is up to date on {target.name} (use --rebuild for a new VM)")
-                report.vm = {"name": vm.name, "target": vm.target, "id": vm.ident, "reused": True}
+                report.vm = {"name": vm.name, "target": vm.target, "id": vm.ident, "reused": True, **where(vm)}
                 # Its seed still staged: a run ended (killed) before verifying it. Finish that run's work: after
                 # verification the seed is detached and removed; after a failure the VM goes like a new one.
                 seed = target.staged_copy(built.seed, "iso", label=f"{recipe.name}-seed")
@@ -99,21 +128,28 @@ def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
                     built.staged["seed"] = seed
                     created = True
         else:
-            with stages.stage("stage"):
+            with stages.stage("stage") as record:
                 stage_media(target, built, report, progress)
+                record.reused = not any(s.uploaded for s in built.staged.values())
             with stages.stage("create"):
                 vm = create_vm(recipe, target, built, existing, method, inputs, options, progress)
                 created = True
-                report.vm = {"name": vm.name, "target": vm.target, "id": vm.ident, "reused": False}
+                report.vm = {"name": vm.name, "target": vm.target, "id": vm.ident, "reused": False, **where(vm)}
             if method == "installer":
                 with stages.stage("install"):
                     run_installer(recipe, target, vm, out_dir, progress)
-        with stages.stage("boot"):
-            address = boot(recipe, target, vm, progress, report)
-            report.vm["address"] = address
-        verify_stage(stages, recipe, rendered, target, vm, address, out_dir)
-        forget_seed(target, vm, built, progress)
+        boot_and_verify(stages, recipe, rendered, target, vm, built, out_dir)
     return report
+
+
+def boot_and_verify(stages: Stages, recipe: Recipe, rendered: Rendered, target: Target, vm: VM, built: Built,
+                    out_dir: Path) -> None:
+    """The end of make and clone: boot, run the recipe's checks, then forget the seed (it holds a private key)."""
+    with stages.stage("boot"):
+        address = boot(recipe, target, vm, stages.progress, stages.report)
+        stages.report.vm["address"] = address
+    verify_stage(stages, recipe, rendered, target, vm, address, out_dir)
+    forget_seed(target, vm, built, stages.progress)
 
 
 @contextlib.contextmanager
@@ -134,6 +170,11 @@ def reported(report: Report, path: Path, leave: Callable[[bool], None]) -> Itera
         report.write(path)
 
 
+def where(vm: VM) -> dict[str, str]:
+    """Where a VM lives when its target has several places (a Proxmox VE cluster's node), for the report."""
+    return {"node": str(vm.data["node"])} if vm.data.get("node") else {}
+
+
 def refuse_unsupported(recipe: Recipe, method: str) -> None:
     """``make --method`` may pick a method the recipe was not validated for: its fields must still all count."""
     found = method_problems(recipe.raw, method)
@@ -151,6 +192,9 @@ def verify_stage(stages: Stages, recipe: Recipe, rendered: Rendered, target: Tar
         outcomes = verify(recipe, rendered.known_hosts, rendered.admin_key, target, vm, address, out_dir,
                           stages.progress)
         report.checks = [o.as_dict() for o in outcomes]
+        announce = getattr(stages.progress, "checks", None)  # the job event stream has one event per check
+        if callable(announce):
+            announce(report.checks)
         failed = [o for o in outcomes if not o.ok]
         if failed:
             record.detail = f"{len(failed)} of {len(outcomes)} checks failed"
@@ -193,8 +237,16 @@ def build_artifacts(recipe: Recipe, rendered: Rendered, target: Target, method: 
     return Built(rendered, seed)
 
 
-def prepare_image(recipe: Recipe, report: Report, progress: Progress, *, refresh: bool = False) -> GoldenImage:
-    golden = build_golden_image(specs.image_spec(recipe), refresh=refresh, progress=progress)
+def prepare_image(recipe: Recipe, report: Report, progress: Progress, *, refresh: bool = False,
+                  once: RefreshOnce | None = None) -> GoldenImage:
+    spec = specs.image_spec(recipe)
+    if refresh and once is not None:
+        with once.claim(image_key(spec)) as mine:
+            if not mine:
+                progress.note("golden image already refreshed by another recipe in this run")
+            golden = build_golden_image(spec, refresh=mine, progress=progress)
+    else:
+        golden = build_golden_image(spec, refresh=refresh, progress=progress)
     report.cache["image"] = {"path": str(golden.path), "key": golden.key, "reused": golden.cached,
                              "sha256": cached_sha256(golden.path),
                              # the installed packages, beside the image (builder/image/manifest.py)
@@ -212,21 +264,28 @@ def prepare_image(recipe: Recipe, report: Report, progress: Progress, *, refresh
         else:
             progress.note(f"image refreshed: {changes.summary()}")
         return golden
+    if refresh and not golden.cached:
+        progress.note("image refreshed: no earlier package list to compare it with")
     progress.note(f"golden image {'reused' if golden.cached else 'built'}: {golden.path}")
     return golden
 
 
+def what_changed(golden: GoldenImage, out_dir: Path, report: Report, progress: Progress) -> dict:
+    """The image's packages against the previous build of this recipe (its history), as report.changes. The
+    manifest is kept as a content-addressed copy: a refreshed image replaces the one beside it."""
+    from builder.pipeline.changes import changes_since, keep_copy, previous_manifest
+
+    if golden.manifest is not None:
+        report.cache["image"]["manifest_copy"] = str(keep_copy(golden.manifest))
+    changes = changes_since(previous_manifest(out_dir), golden.manifest, "the previous build")
+    progress.note(f"since the previous build: {changes['summary']}")
+    return changes
+
+
 def inputs_key(recipe: Recipe, built: Built, method: str) -> str:
     """Everything a VM is built from: a VM recorded with the same key needs no rebuild."""
-    spec = specs.vm_spec(recipe, disk_source=None, cdroms=())
-    return content_key({
-        "method": method,
-        "seed": sha256_file(built.seed),
-        "installer": sha256_file(built.installer) if built.installer else None,
-        # the image's bytes, not its spec: a refreshed image (same spec, newer packages) makes a new VM
-        "image": cached_sha256(built.golden.path) if built.golden else None,
-        "vm": asdict(spec),
-    })
+    return inputs_of(recipe, method=method, seed=built.seed, installer=built.installer,
+                     image=built.golden.path if built.golden else None).key
 
 
 def stage_media(target: Target, built: Built, report: Report, progress: Progress) -> None:
@@ -301,6 +360,22 @@ def verify(recipe: Recipe, known_hosts: Path, admin_key: Path | None, target: Ta
                          known_hosts=known_hosts, key_file=admin_key,
                          screenshot=out_dir / "screenshot.png")
     return CheckRunner(recipe, access, progress).run_all()
+
+
+def verify_again(recipe: Recipe, out_root: Path, target: Target, vm: VM, *, keep: bool = False,
+                 progress: Progress = NullProgress()) -> list[Outcome]:
+    """``imgbuild verify``: the recipe's checks against its existing VM, started for them when stopped (and
+    shut down again unless *keep*), with the login material make left in OUT/NAME/."""
+    from builder.render.write import login_material
+
+    started = not target.is_running(vm)
+    try:
+        known_hosts, admin_key = login_material(recipe, out_root)  # as make left them: never rewritten here
+        address = boot(recipe, target, vm, progress)
+        return verify(recipe, known_hosts, admin_key, target, vm, address, out_root / recipe.name, progress)
+    finally:
+        if started and not keep:
+            target.shutdown(vm)
 
 
 def access_info(recipe: Recipe, rendered: Rendered, target: Target, vm: VM, address: str) -> dict:

@@ -19,6 +19,7 @@ class StageRecord:
     seconds: float
     ok: bool
     detail: str = ""
+    reused: bool = False  # the stage found its result already there (a cached image, an up-to-date VM)
 
 
 @dataclass
@@ -36,6 +37,8 @@ class Report:
     vm: dict[str, Any] = field(default_factory=dict)
     access: dict[str, Any] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
+    changes: dict[str, Any] = field(default_factory=dict)  # the image's packages against the previous build
+    release: dict[str, Any] = field(default_factory=dict)  # release jobs: names, labels moved, pruning
     _t0: float = field(default_factory=time.monotonic, repr=False)
 
     def add_artifact(self, name: str, path: Path, sha256: str, size: int, **extra: Any) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from builder.errors import ImgbuildError
 from builder.pipeline.report import Report, StageRecord
-from builder.progress import ConsoleProgress, NullProgress, Progress
+from builder.progress import NullProgress, Progress, StageProgress
 
 
 class Stages:
@@ -19,7 +19,7 @@ class Stages:
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[StageRecord]:
         record = StageRecord(name=name, seconds=0.0, ok=False)
-        if isinstance(self.progress, ConsoleProgress):
+        if isinstance(self.progress, StageProgress):
             self.progress.begin_stage(name)
         start = time.monotonic()
         try:
@@ -31,8 +31,11 @@ class Stages:
         except Exception as exc:
             record.detail = record.detail or f"{type(exc).__name__}: {exc}"
             raise
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM (builder.errors.Terminated) or a stopped multi-job run
+            record.detail = record.detail or "interrupted"
+            raise
         finally:
             record.seconds = round(time.monotonic() - start, 2)
             self.report.stages.append(record)
-            if isinstance(self.progress, ConsoleProgress):
-                self.progress.end_stage(record.ok, record.detail)
+            if isinstance(self.progress, StageProgress):
+                self.progress.end_stage(record.ok, record.detail, seconds=record.seconds, reused=record.reused)

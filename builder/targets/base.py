@@ -7,6 +7,7 @@ lifecycle and tells the pipeline how to reach a guest port from this machine.
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -216,6 +217,31 @@ class Target(abc.ABC):
     def clone_mac(self, name: str) -> str:
         """The MAC address the first NIC of a clone called *name* gets, known before cloning so the clone's
         seed can match its network config on it."""
+
+    # --- releases --------------------------------------------------------------------------
+    # A release is a template named <recipe>-<YYYYMMDD>-<n> carrying labels: the recipe's name and, on the
+    # newest good one, ``latest`` (``candidate`` while a release is being proven). PVE keeps labels as tags
+    # (beside ``imgbuild``); the local target records them in the VM's state. builder/pipeline/releases.py
+    # holds the rules; targets only store labels, name dependent VMs and keep a release's manifest.
+    @abc.abstractmethod
+    def labels(self, vm: VM) -> frozenset[str]:
+        """The release labels of *vm* (empty for a VM that is no release)."""
+
+    @abc.abstractmethod
+    def set_labels(self, vm: VM, labels: Iterable[str]) -> None:
+        """Replace *vm*'s release labels in one step (a template too)."""
+
+    @abc.abstractmethod
+    def dependents(self, vm: VM) -> list[str]:
+        """Names of the VMs whose disks depend on template *vm* (linked clones): it cannot go while they exist."""
+
+    @abc.abstractmethod
+    def store_manifest(self, vm: VM, manifest: str) -> str:
+        """Keep a release's package manifest (JSON text) with its template; returns where it went."""
+
+    @abc.abstractmethod
+    def read_manifest(self, vm: VM) -> str | None:
+        """The manifest stored with *vm* by ``store_manifest``, if any."""
 
     # --- installer -------------------------------------------------------------------------
     def installer_log_host(self, network: GuestNetwork) -> str | None:

@@ -280,8 +280,6 @@ def test_identity_locale_time_and_release(booted: dict) -> None:
 
 
 @pytest.mark.boot
-@pytest.mark.xfail(strict=True, reason="issue 11: the image method ignores keyboard until the image work lands "
-                                       "(strict: this fails, and the marker goes, once it does)")
 def test_keyboard(booted: dict) -> None:
     assert fact(booted, "keyboard") == "de"
 

@@ -112,7 +112,7 @@ def test_status_shows_a_broken_vm_and_destroy_removes_it_with_its_qemu(tmp_path:
         pidfile.write_text(f"{qemu.pid}\n")
         proc = cli("status", "--json", out=out)
         assert proc.returncode == 0, proc.stderr
-        rows = {r["name"]: r for r in json.loads(proc.stdout)}
+        rows = {r["name"]: r for r in json.loads(proc.stdout)["vms"]}
         assert rows["bad"]["state"] == "broken" and "state.json" in rows["bad"]["broken"]
         assert rows["good"]["state"] == "stopped" and rows["good"]["broken"] is None
         text = cli("status", out=out)

@@ -24,7 +24,7 @@ from builder.proc import run
 from builder.verify.checks import Outcome
 from tests.hardening.forked import Child, fork_main, poll
 from tests.pve.conftest import REPO, SECRET_ENV, no_orphans, write_targets_file
-from tests.pvesim.fixtures import pve_sim_factory  # noqa: F401
+from tests.pvesim.fixtures import pve_sim_factory, pve_version  # noqa: F401
 from tests.pvesim.simulator import PveSimulator
 
 

@@ -126,3 +126,23 @@ def test_builds_of_a_release_take_turns_on_the_shared_apt_cache(cache: Path, mon
         assert any("waiting for another image build of trixie" in line for line in steps.lines)
     worker.join(timeout=10)
     assert ran == ["mmdebstrap"]
+
+
+@pytest.mark.timeout(120)
+def test_refreshing_an_image_cached_without_a_manifest_does_not_wait_for_itself(
+        cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image an older imgbuild cached has no manifest; the refresh (which holds the image's lock) reads it
+    out of the disk without taking that lock a second time, and goes on when it cannot."""
+    from builder.proc import run
+
+    final = image_path(SPEC)
+    run(["qemu-img", "create", "-q", "-f", "qcow2", final, "1G"])  # no manifest, and no dpkg database in it
+
+    def fake(spec, key, work: Path, final: Path, progress) -> tuple[Path, Manifest]:
+        (work / "disk.qcow2").write_bytes(b"new")
+        return work / "disk.qcow2", packages("2")
+
+    monkeypatch.setattr(build_mod, "_build", fake)
+    refreshed = build_mod.build_golden_image(SPEC, refresh=True)
+    assert refreshed.previous is None and refreshed.changes is None and not refreshed.identical
+    assert final.read_bytes() == b"new" and read_manifest(final) == packages("2")

@@ -33,7 +33,7 @@ def test_status_shows_vms_templates_and_the_last_job(tmp_path: Path) -> None:
         "checks": [{"check": "ssh", "ok": True}, {"check": "http", "ok": False}], "vm": {"address": "10.0.2.15"}}))
     (out / "rendered-only").mkdir()  # a recipe that was only rendered has no VM
 
-    rows = {r["name"]: r for r in json.loads(status(out, "--json").stdout)}
+    rows = {r["name"]: r for r in json.loads(status(out, "--json").stdout)["vms"]}
     assert set(rows) == {"web-server", "golden"}
     assert rows["golden"]["state"] == "template" and rows["golden"]["last_job"] is None
     assert rows["web-server"]["state"] == "stopped" and rows["web-server"]["address"] == "10.0.2.15"

@@ -64,7 +64,7 @@ def test_kept_vm_serves_the_apache_page(made) -> None:
 def test_status_shows_the_kept_vm_running(imgbuild, made) -> None:
     result = imgbuild("status", "--json")
     assert result.returncode == 0, result.stderr
-    (row,) = [r for r in json.loads(result.stdout) if r["name"] == "web-server"]
+    (row,) = [r for r in json.loads(result.stdout)["vms"] if r["name"] == "web-server"]
     assert row["state"] == "running" and row["address"] == "192.168.1.250" and row["last_job"]["ok"]
 
 

@@ -1,7 +1,8 @@
 """Fixtures for the Proxmox VE target's tests: the simulator, a targets file pinning it, targets.
 
 Every test that talks to the simulator gets it through ``pve_sim`` / ``pve_sim_factory``
-(tests.pvesim.fixtures): any request the simulator's PVE 8.4 schema rejects fails the test.
+(tests.pvesim.fixtures), once per PVE version (9.1, 8.4): any request the simulator rejects (its schema,
+a missing privilege, an offline node) fails the test.
 """
 
 from __future__ import annotations

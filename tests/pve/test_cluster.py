@@ -70,6 +70,7 @@ def test_consecutive_makes_land_on_different_nodes_as_free_memory_changes(
         t = open_target(targets, tmp_path)  # one imgbuild process per make: nothing reserved between them
         report = make(recipe(name), tmp_path / "out", t, MakeOptions(keep=True))
         assert report.ok and node_of(cluster, name) == expected, (name, cluster.vms())
+        assert report.vm["node"] == expected
         t.close()
     # web-server now uses pve2's memory and CPU, ssh-server pve1's; then pve1 fills up with other work
     cluster.set_node("pve1", mem=15 << 30)
@@ -183,3 +184,18 @@ def test_clones_cross_nodes_only_from_shared_storage(cluster: PveSimulator, stub
     with pytest.raises(ImgbuildError, match="cannot clone onto node pve1: the template's disks are on node-local"):
         clone(replace(base, name="local-base"), "g-two", tmp_path / "out", open_target(targets, tmp_path))
     assert len(uploads_in(cluster)) == uploads and "g-two" not in {v["config"].get("name") for v in cluster.vms()}
+
+
+def test_makes_running_at_once_on_one_target_spread_over_the_nodes(
+        cluster: PveSimulator, stubbed: list[str], tmp_path: Path, targets: list[PveTarget]) -> None:
+    """make --all -j 2 in one process: each job's node is its own (chosen in its thread), and the memory the
+    other job reserved counts, so the two do not both pick the node with the most free memory."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    t = open_target(targets, tmp_path)
+    big = [replace(recipe(name), vm=replace(recipe(name).vm, memory_mib=4096)) for name in ("web-server", "ssh-server")]
+    with ThreadPoolExecutor(2) as pool:
+        reports = list(pool.map(lambda r: make(r, tmp_path / "out", t, MakeOptions(keep=True)), big))
+    assert all(r.ok for r in reports)
+    assert sorted(node_of(cluster, r.name) for r in big) == ["pve1", "pve2"]
+    assert {r.vm["node"] for r in reports} == {"pve1", "pve2"} and cluster.rejections == []

@@ -183,7 +183,7 @@ def test_status_lists_only_our_vms_with_state_and_last_job(target: PveTarget, pv
     env = cli_env(tmp_path, IMGBUILD_TARGETS=str(tmp_path / "targets.yaml"), **{SECRET_ENV: pve_sim.token.secret})
     proc = imgbuild("--out-dir", str(out), "status", "--target", "sim", "--json", env=env)
     assert proc.returncode == 0, proc.stderr
-    rows = {r["name"]: r for r in json.loads(proc.stdout)}
+    rows = {r["name"]: r for r in json.loads(proc.stdout)["vms"]}
     assert set(rows) == {"golden", "web-server"}  # not the VM imgbuild did not make
     assert rows["golden"]["state"] == "template" and rows["golden"]["last_job"] is None
     assert rows["web-server"]["state"] == "running" and rows["web-server"]["id"] == web.ident

@@ -108,4 +108,12 @@ def test_sdn_needs_sdn_allocate(pve_sim: PveSimulator, web_server: Recipe, stubb
     pve_sim.grant("/sdn", TOKEN, "Imgbuild")
     assert make(nat_recipe(web_server, "natlab"), tmp_path / "out", open_pve_target("sim", tmp_path),
                 MakeOptions()).ok
-    assert pve_sim.rejections == []
+    assert len(sdn_changes(pve_sim)) == 4 and pve_sim.rejections == []
+    # once the network is in place, using it needs no SDN.Allocate: SDN.Use (and SDN.Audit, to see it is there)
+    pve_sim.add_role("NatUser", ["SDN.Use", "SDN.Audit"])
+    pve_sim.access.acl = [a for a in pve_sim.access.acl if a.path != "/sdn"]
+    for who in ("imgbuild@pve", TOKEN):
+        pve_sim.grant("/sdn/zones/imgbuild", who, "NatUser")
+    assert make(nat_recipe(web_server, "natlab"), tmp_path / "out", open_pve_target("sim", tmp_path),
+                MakeOptions(rebuild=True)).ok
+    assert len(sdn_changes(pve_sim)) == 4 and pve_sim.rejections == []

@@ -230,12 +230,14 @@ def test_template_and_linked_clone_commands(cli_out: Path, sim_env: PveSimulator
     assert main([*base, "make", "web-server", "--target", "sim"]) == 0
     assert main([*base, "clone", "web-server", "--name", "web-2", "--linked", "--target", "sim"]) == 1
     assert "a linked clone needs a template" in capsys.readouterr().err
+    # template: the verified VM is copied into a release template, proven by a linked clone of it
     assert main([*base, "template", "web-server", "--target", "sim"]) == 0
-    assert "now a template" in capsys.readouterr().out
+    release = json.loads((cli_out / "web-server" / "release.json").read_text())["release"]["name"]
+    assert f"web-server: released {release} on sim" in capsys.readouterr().out
     assert main([*base, "clone", "web-server", "--name", "web-2", "--ip", "192.168.1.251/24", "--linked",
                  "--target", "sim"]) == 0
-    assert "linked clone of web-server verified on sim" in capsys.readouterr().out
-    assert stubbed == ["web-server@192.168.1.250", "web-2@192.168.1.251"]
+    assert f"linked clone of {release} verified on sim" in capsys.readouterr().out
+    assert stubbed == ["web-server@192.168.1.250", f"{release}-check@192.168.1.250", "web-2@192.168.1.251"]
     # the clone's own seed: its hostname, MAC, address, host key and instance-id
     web, web2 = cli_out / "web-server", cli_out / "web-2"
     assert "web-2" in (web2 / "user-data").read_text()
@@ -246,7 +248,7 @@ def test_template_and_linked_clone_commands(cli_out: Path, sim_env: PveSimulator
     uploads = [r.params["filename"] for r in uploads_in(sim_env)]
     assert uploads[-1].startswith("web-2-seed-")
     vms = {v["config"]["name"]: v for v in sim_env.vms()}
-    assert vms["web-server"]["config"]["template"] == "1"
+    assert vms[release]["config"]["template"] == "1" and "template" not in vms["web-server"]["config"]
     clone_cfg = vms["web-2"]["config"]
     assert clone_cfg["net0"].startswith(f"virtio={derived_mac('web-2')},")
     assert clone_cfg["ipconfig0"] == "ip=192.168.1.251/24,gw=192.168.1.1"
@@ -255,7 +257,7 @@ def test_template_and_linked_clone_commands(cli_out: Path, sim_env: PveSimulator
     # full clone without --ip of a static recipe: a warning, the recipe's address
     assert main([*base, "clone", "web-server", "--name", "web-3", "--target", "sim"]) == 0
     assert "no --ip given" in capsys.readouterr().err
-    for name in ("web-3", "web-2", "web-server"):
+    for name in ("web-3", "web-2", release, "web-server"):
         assert main([*base, "destroy", name, "--target", "sim"]) == 0
     no_orphans(sim_env, keep=image_volume)
 

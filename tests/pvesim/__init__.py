@@ -1,4 +1,4 @@
-"""A Proxmox VE 8.4 node simulator for tests (see README.md in this directory).
+"""A Proxmox VE 9.1 / 8.4 node (or cluster) simulator for tests (see README.md in this directory).
 
     from tests.pvesim import PveSimulator, FakeBackend, QemuBackend
 """

@@ -196,12 +196,16 @@ class SdnApi:
         self.sdn.pending["zones"][zid] = self._options(p, "zone")
         return None
 
+    def _one(self, kind: str, oid: str, p: dict[str, Any]) -> dict[str, Any]:
+        """GET of one object (its view as pending/running/config asks): die "sdn <kind> '<id>' does not exist"."""
+        view = self._view(kind, p)
+        if oid not in view:
+            raise die(f"sdn {KEY_OF[kind]} '{oid}' does not exist")
+        return self._listed(kind, oid, view[oid])
+
     @route("GET", "/cluster/sdn/zones/{zone}")
     def zone_get(self, p: dict[str, Any], user: str) -> Any:
-        view = self._view("zones", p)
-        if p["zone"] not in view:
-            raise die(f"sdn zone '{p['zone']}' does not exist")
-        return self._listed("zones", p["zone"], view[p["zone"]])
+        return self._one("zones", p["zone"], p)
 
     @route("PUT", "/cluster/sdn/zones/{zone}")
     def zone_update(self, p: dict[str, Any], user: str) -> Any:
@@ -239,10 +243,7 @@ class SdnApi:
 
     @route("GET", "/cluster/sdn/vnets/{vnet}")
     def vnet_get(self, p: dict[str, Any], user: str) -> Any:
-        view = self._view("vnets", p)
-        if p["vnet"] not in view:
-            raise die(f"sdn vnet '{p['vnet']}' does not exist")
-        return self._listed("vnets", p["vnet"], view[p["vnet"]])
+        return self._one("vnets", p["vnet"], p)
 
     # --- subnets ------------------------------------------------------------------------------------------
     def _check_vnet_access(self, user: str, vnet: str, privs: list[str]) -> str:
@@ -291,10 +292,7 @@ class SdnApi:
     @route("GET", "/cluster/sdn/vnets/{vnet}/subnets/{subnet}")
     def subnet_get(self, p: dict[str, Any], user: str) -> Any:
         self._check_vnet_access(user, p["vnet"], ["SDN.Audit", "SDN.Allocate"])
-        view = self._view("subnets", p)
-        if p["subnet"] not in view:
-            raise die(f"sdn subnet '{p['subnet']}' does not exist")
-        return self._listed("subnets", p["subnet"], view[p["subnet"]])
+        return self._one("subnets", p["subnet"], p)
 
     @route("PUT", "/cluster/sdn/vnets/{vnet}/subnets/{subnet}")
     def subnet_update(self, p: dict[str, Any], user: str) -> Any:

@@ -1,9 +1,10 @@
-"""Simulated storages: a directory storage ``local`` and an LVM-thin-like ``local-lvm``.
+"""Simulated storages: ``local`` (dir) and ``local-lvm`` (LVM-thin) on each node, ``shared`` (NFS) in a cluster.
 
 Volumes are real files under the simulator's data directory, so a QEMU backend can boot them:
 ISOs and import images as uploaded; VM disks as qcow2 files whatever format PVE would report
 (blank ones from ``qemu-img create``), copies of the imported image (``import-from``), or qcow2
-overlays on a template's base disk (linked clones).
+overlays on a template's base disk (linked clones). A node-local storage holds its own volumes on
+each node; a shared one holds one set that every node sees (pve-storage's ``shared`` flag).
 """
 
 from __future__ import annotations

@@ -5,12 +5,15 @@ from builder.cli.commands import (
     cache_cmd,
     clone_cmd,
     destroy_cmd,
+    diff_cmd,
     doctor_cmd,
     hostnet_cmd,
     lab_cmd,
     list_cmd,
     make_cmd,
+    release_cmd,
     render_cmd,
+    report_cmd,
     show_cmd,
     status_cmd,
     template_cmd,
@@ -18,5 +21,5 @@ from builder.cli.commands import (
     verify_cmd,
 )
 
-ALL = [list_cmd, show_cmd, validate_cmd, render_cmd, build_cmd, make_cmd, verify_cmd, destroy_cmd, template_cmd, clone_cmd,
-       status_cmd, cache_cmd, hostnet_cmd, lab_cmd, doctor_cmd]
+ALL = [list_cmd, show_cmd, validate_cmd, render_cmd, build_cmd, make_cmd, verify_cmd, destroy_cmd, template_cmd, release_cmd,
+       clone_cmd, status_cmd, diff_cmd, report_cmd, cache_cmd, hostnet_cmd, lab_cmd, doctor_cmd]

@@ -10,7 +10,7 @@ from builder.cli.context import Context
 from builder.errors import ImgbuildError, InvalidInput
 from builder.image.build import image_path
 from builder.image.inventory import CachedImage, cached_images, other_areas, remove_image
-from builder.pipeline.specs import image_spec
+from builder.pipeline.jobs import image_spec
 from builder.progress import human_bytes
 from builder.recipe import check_recipe, list_recipe_files
 

@@ -6,7 +6,7 @@ import argparse
 
 from builder.cli.context import Context
 from builder.errors import InvalidInput
-from builder.pipeline import specs
+from builder.pipeline.jobs import vm_spec
 from builder.recipe import load_recipe
 from builder.targets.pve.cluster import fmt_gib
 
@@ -38,7 +38,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, ctx.recipes_dir) if args.recipe else None
     target = open_pve_target(name, ctx.out_dir, insecure=args.insecure, check=False)
     try:
-        spec = specs.vm_spec(recipe, disk_source=None, cdroms=()) if recipe else None
+        spec = vm_spec(recipe, disk_source=None, cdroms=()) if recipe else None
         diag = diagnose(target, spec, method=recipe.install.method if recipe else "image",
                         console=any(c.check == "desktop" for c in recipe.verify) if recipe else True)
     finally:
@@ -62,8 +62,11 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
                      + (" shared" if s["shared"] else ""))
         for b in n.bridges:
             out.text(f"  {b['type']:<7} {b['iface']:<14} {b['cidr'] or ''}")
-    if diag.sdn_vnets:
+    if diag.sdn_zones:
         out.text()
+        out.text("SDN zones: " + ", ".join(f"{z['zone']} ({z['type']}{', ' + z['state'] if z['state'] else ''})"
+                                           for z in diag.sdn_zones))
+    if diag.sdn_vnets:
         out.text("SDN vnets: " + ", ".join(f"{v['vnet']} (zone {v['zone']}{', ' + v['state'] if v['state'] else ''})"
                                            for v in diag.sdn_vnets))
     out.text()

@@ -7,10 +7,9 @@ import argparse
 from builder.cli.context import Context
 from builder.cli.jobs import require_vm
 from builder.errors import CheckFailed
-from builder.pipeline.make import boot, verify
+from builder.pipeline.jobs import verify_again
 from builder.progress import ConsoleProgress
 from builder.recipe import load_recipe
-from builder.render.write import login_material
 from builder.targets.select import add_target_options, open_target
 
 
@@ -31,15 +30,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, ctx.recipes_dir)
     target = open_target(args.target, ctx.out_dir, accel=args.accel, insecure=args.insecure)
     vm = require_vm(target, recipe.name, hint=f"create one with: imgbuild make {recipe.name} --keep")
-    started = not target.is_running(vm)
-    progress = ConsoleProgress()
-    try:
-        known_hosts, admin_key = login_material(recipe, ctx.out_dir)  # as make left them: never rewritten here
-        address = boot(recipe, target, vm, progress)
-        outcomes = verify(recipe, known_hosts, admin_key, target, vm, address, ctx.out_dir / recipe.name, progress)
-    finally:
-        if started and not args.keep:
-            target.shutdown(vm)
+    outcomes = verify_again(recipe, ctx.out_dir, target, vm, keep=args.keep, progress=ConsoleProgress())
     ctx.out.data([o.as_dict() for o in outcomes])
     for o in outcomes:
         ctx.out.text(o.line())

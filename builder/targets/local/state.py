@@ -84,6 +84,7 @@ class VMState:
     template: bool = False
     template_of: str | None = None  # a linked clone's template
     linked_clones: list[str] = field(default_factory=list)  # a template's linked clones
+    labels: list[str] = field(default_factory=list)  # release labels (builder/pipeline/releases.py)
     # the running QEMU (None/empty when stopped)
     pid: int | None = None
     accel: str | None = None
@@ -235,6 +236,7 @@ def _parse(f: _Fields) -> VMState:
         template=f.flag("template", False),
         template_of=f.opt_text("template_of"),
         linked_clones=f.texts("linked_clones", optional=True),
+        labels=f.texts("labels", optional=True),
         pid=f.opt_number("pid"),
         accel=f.opt_text("accel"),
         tcg_threads=f.opt_text("tcg_threads"),

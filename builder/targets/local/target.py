@@ -18,6 +18,7 @@ import re
 import shutil
 import signal
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -50,6 +51,7 @@ from builder.targets.local.state import (
 )
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+RELEASE_MANIFEST = "release-manifest.json"  # a release's package manifest, kept with its template
 # Seconds an unused staged *copy* is kept (another make may be about to create a VM on it). Only copies need
 # it: where the image cache shares the out dir's filesystem, staging hard-links, and a staged image that is
 # the only name of its bytes is an old image for certain.
@@ -628,6 +630,7 @@ class LocalTarget(Target):
             template=False,
             template_of=None if full else vm.name,
             linked_clones=[],
+            labels=[],  # a clone of a release is no release
         )
         save_state(vmdir, state)
         if not full:
@@ -640,6 +643,30 @@ class LocalTarget(Target):
         """slirp's router address: UDP sent there arrives on 127.0.0.1 of this machine. A lab guest cannot reach
         this machine at all (None: the installer runs without its syslog)."""
         return slirp_for(network).host if self.lab is None else None
+
+    # --- releases ------------------------------------------------------------------------------
+    def labels(self, vm: VM) -> frozenset[str]:
+        return frozenset() if vm.broken else frozenset(self._state(vm).labels)
+
+    def set_labels(self, vm: VM, labels: Iterable[str]) -> None:
+        """Recorded in the VM's state file (one atomic write)."""
+        state = self._state(vm)
+        state.labels = sorted(set(labels))
+        self._save(vm, state)
+
+    def dependents(self, vm: VM) -> list[str]:
+        return sorted(c for c in self._state(vm).linked_clones if self.find_vm(c) is not None)
+
+    def store_manifest(self, vm: VM, manifest: str) -> str:
+        path = self.vm_dir(vm.name) / RELEASE_MANIFEST
+        write_atomic(path, manifest)
+        return str(path)
+
+    def read_manifest(self, vm: VM) -> str | None:
+        try:
+            return (self.vm_dir(vm.name) / RELEASE_MANIFEST).read_text()
+        except OSError:
+            return None
 
     # --- internals -----------------------------------------------------------------------------
     def _vm(self, name: str, state: VMState) -> LocalVM:

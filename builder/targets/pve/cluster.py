@@ -28,7 +28,6 @@ class NodeInfo:
     mem: int | None = None  # used bytes (None: not visible to this token)
     maxmem: int | None = None
     cpu: float | None = None  # load 0..1
-    maxcpu: int | None = None
 
     @property
     def free(self) -> int | None:
@@ -43,7 +42,6 @@ class StorageInfo:
     node: str
     content: frozenset[str]
     shared: bool
-    available: bool
 
 
 @dataclass
@@ -61,13 +59,12 @@ class ClusterView:
                 name = str(entry.get("node"))
                 view.nodes[name] = NodeInfo(
                     name, entry.get("status") == "online",
-                    _int(entry.get("mem")), _int(entry.get("maxmem")), _float(entry.get("cpu")),
-                    _int(entry.get("maxcpu")))
+                    _int(entry.get("mem")), _int(entry.get("maxmem")), _float(entry.get("cpu")))
             elif kind == "storage":
                 view.storages.append(StorageInfo(
                     str(entry.get("storage")), str(entry.get("node")),
                     frozenset(c for c in str(entry.get("content") or "").split(",") if c),
-                    bool(int(entry.get("shared") or 0)), entry.get("status") == "available"))
+                    bool(int(entry.get("shared") or 0))))
             elif kind == "qemu":
                 view.vms.append(entry)
         return view
@@ -75,9 +72,6 @@ class ClusterView:
     @property
     def online(self) -> list[str]:
         return sorted(n for n, info in self.nodes.items() if info.online)
-
-    def storage(self, storage: str, node: str) -> StorageInfo | None:
-        return next((s for s in self.storages if s.storage == storage and s.node == node), None)
 
     def is_shared(self, storage: str) -> bool:
         return any(s.shared for s in self.storages if s.storage == storage)
@@ -144,6 +138,7 @@ class Reservations:
 
     def __init__(self, ttl: float = 3600.0) -> None:
         self._lock = threading.Lock()
+        self.placing = threading.Lock()  # held from reading the reservations to holding one: one choice at a time
         self._held: dict[tuple[str, str], tuple[str, int, float]] = {}  # (cluster, vm name) -> (node, bytes, since)
         self.ttl = ttl
 

@@ -169,6 +169,32 @@ def _foreign_pending(client: PveClient, network: NatNetwork, zones: dict[str, di
     return out
 
 
+def in_place(client: PveClient, network: NatNetwork) -> bool:
+    """Whether the zone, vnet and subnet exist as wanted and are applied: then a make changes nothing in SDN
+    (and needs no SDN.Allocate). A token that may not read SDN sees nothing, so it is never in place."""
+    zone = _listing(client, "/cluster/sdn/zones").get(network.zone)
+    vnet = _listing(client, "/cluster/sdn/vnets").get(network.vnet)
+    if zone is None or vnet is None or zone.get("state") or vnet.get("state"):
+        return False
+    if network.dhcp and effective(zone).get("dhcp") != "dnsmasq":
+        return False
+    subnet = _listing(client, f"/cluster/sdn/vnets/{network.vnet}/subnets").get(network.subnet_id)
+    if subnet is None or subnet.get("state"):
+        return False
+    have = effective(subnet)
+    return all(_same(k, v, have.get(k)) for k, v in _wanted_subnet(network).items())
+
+
+def _wanted_subnet(network: NatNetwork) -> dict[str, Any]:
+    want: dict[str, Any] = {"gateway": network.gateway, "snat": 1}
+    if network.dhcp:
+        start, end = network.dhcp_range()
+        want["dhcp-range"] = f"start-address={start},end-address={end}"
+        if network.nameserver:
+            want["dhcp-dns-server"] = network.nameserver
+    return want
+
+
 # --- making it ---------------------------------------------------------------------------------------------
 
 
@@ -196,12 +222,7 @@ def ensure(client: PveClient, network: NatNetwork, *, wait: float, progress: Pro
     elif vnet.get("state"):
         pending.append(network.vnet)
     subnets = _listing(client, f"/cluster/sdn/vnets/{network.vnet}/subnets")
-    want: dict[str, Any] = {"gateway": network.gateway, "snat": 1}
-    if network.dhcp:
-        start, end = network.dhcp_range()
-        want["dhcp-range"] = f"start-address={start},end-address={end}"
-        if network.nameserver:
-            want["dhcp-dns-server"] = network.nameserver
+    want = _wanted_subnet(network)
     current = subnets.get(network.subnet_id)
     if current is None:
         client.post(f"/cluster/sdn/vnets/{network.vnet}/subnets", subnet=str(network.subnet), type="subnet", **want)

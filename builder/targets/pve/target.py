@@ -19,7 +19,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,8 @@ class PveTarget(Target):
         self._releases: dict[str, tuple[int, int]] = {}  # node -> (major, minor)
         self._storages: dict[str, dict[str, dict[str, Any]]] = {}  # node -> storage -> GET /nodes/{node}/storage
         self._job = threading.local()  # the node preflight chose for the job running in this thread
+        self._reserved: set[str] = set()  # VMs whose memory this target reserved on their node (cluster.py)
+        self._reserved_lock = threading.Lock()
         self._default_node: str | None = None
 
     @property
@@ -117,8 +119,10 @@ class PveTarget(Target):
         return nodes[node]
 
     def close(self) -> None:
-        for name in getattr(self._job, "reserved", ()):
-            RESERVATIONS.release(self.config.url, name)
+        with self._reserved_lock:
+            for name in self._reserved:
+                RESERVATIONS.release(self.config.url, name)
+            self._reserved.clear()
         if self.jump is not None:
             self.jump.close()
 
@@ -133,6 +137,7 @@ class PveTarget(Target):
             self.node, self.config.setting_name("node"))
         allowed = self._clone_nodes(source, view) if source is not None else None
         network = nat.requested(spec, self.config.sdn_zone)
+        sdn_changes = bool(network and network.sdn and not nat.in_place(self.client, network))
         vmid = spec.vmid if spec.vmid is not None else int(self.client.get("/cluster/nextid"))
         image = "image" in media
         candidates = [pinned] if pinned else sorted(allowed or view.online)
@@ -146,9 +151,9 @@ class PveTarget(Target):
             bridges=tuple(self._bridge_zone(nic.bridge, nic.vlan, network) for nic in spec.nics),
             node_paths=() if pinned else tuple(f"/nodes/{n}" for n in candidates if view.nodes.get(n)),
             console=console, clone_from=f"/vms/{self._vmid(source)}" if source is not None else None,
-            sdn_zone=network.zone if network and network.sdn else None,
-            sdn_vnet=network.vnet if network and network.sdn else None,
-            new_zone=bool(network and network.sdn),
+            sdn_zone=network.zone if network and sdn_changes else None,
+            sdn_vnet=network.vnet if network and sdn_changes else None,
+            new_zone=sdn_changes,
         )
         self.check_privileges(plan)
         if not pinned and len(view.online) > 1:  # a cluster being upgraded: only nodes new enough take the VM
@@ -226,24 +231,24 @@ class PveTarget(Target):
             RESERVATIONS.hold(self.config.url, spec.name, pinned, memory)
             self._remember(spec.name)
             return pinned
-        if len(view.online) == 1 and (allowed is None or view.online[0] in allowed):
-            node = view.online[0]  # one node: nothing to choose (its figures may not even be visible)
-        else:
-            placement = choose_node(view.nodes, memory, RESERVATIONS.on(self.config.url), allowed)
-            if placement.node is None:
-                raise ImgbuildError(f"nowhere to run {spec.name} ({fmt_gib(memory)}) on {self.name}: {placement.reason}",
-                                    detail="free memory on a node, lower vm.memory in the recipe, or pin a node")
-            node = placement.node
-            progress.note(f"placing {spec.name} on {placement.reason}")
-        RESERVATIONS.hold(self.config.url, spec.name, node, memory)
+        with RESERVATIONS.placing:  # jobs of this process choose one after the other, each seeing the others'
+            if len(view.online) == 1 and (allowed is None or view.online[0] in allowed):
+                node = view.online[0]  # one node: nothing to choose (its figures may not even be visible)
+            else:
+                placement = choose_node(view.nodes, memory, RESERVATIONS.on(self.config.url), allowed)
+                if placement.node is None:
+                    raise ImgbuildError(f"nowhere to run {spec.name} ({fmt_gib(memory)}) on {self.name}: "
+                                        f"{placement.reason}",
+                                        detail="free memory on a node, lower vm.memory in the recipe, or pin a node")
+                node = placement.node
+                progress.note(f"placing {spec.name} on {placement.reason}")
+            RESERVATIONS.hold(self.config.url, spec.name, node, memory)
         self._remember(spec.name)
         return node
 
     def _remember(self, name: str) -> None:
-        reserved = getattr(self._job, "reserved", None)
-        if reserved is None:
-            reserved = self._job.reserved = set()
-        reserved.add(name)
+        with self._reserved_lock:
+            self._reserved.add(name)
 
     def _node_release(self, node: str) -> tuple[int, int]:
         if node not in self._releases:
@@ -316,9 +321,6 @@ class PveTarget(Target):
                     raise ImgbuildError(f"no online node on {self.name}: {placement.reason}")
                 self._default_node = placement.node
         return self._default_node
-
-    def _storage_node(self, storage: str) -> str:
-        return self._job_node()
 
     def _is_shared(self, storage: str, node: str) -> bool:
         return bool(int(self._node_storages(node).get(storage, {}).get("shared") or 0))
@@ -712,13 +714,15 @@ class PveTarget(Target):
                         what=f"{'full' if full else 'linked'} clone of VM {vm.ident} as {newid} ({name})"
                              + (f" on {node}" if node != home else ""),
                         wait=self.task_timeout, **params)
-        clone = self._vm(name, newid, node, tags=sorted(vmconfig.tags_of(config)), template=False)
+        clone = self._vm(name, newid, node, tags=[vmconfig.TAG], template=False)
         try:
             changes: dict[str, str] = {}
             new_config = self.client.get(f"{self._qemu(clone)}/config") or {}
             if "net0" in new_config:
                 changes["net0"] = vmconfig.with_mac(str(new_config["net0"]), self.clone_mac(name))
             changes[vmconfig.cdrom_key(0)] = vmconfig.cdrom_value(seed)
+            if set(vmconfig.tags_of(new_config)) != {vmconfig.TAG}:
+                changes["tags"] = vmconfig.TAG  # a clone of a release is no release: its labels stay behind
             if network is not None and network.mode == "static" and network.address:
                 changes["ipconfig0"] = vmconfig.ipconfig_value(network.address, network.gateway)  # its own address
             elif network is not None and "ipconfig0" in new_config:
@@ -729,3 +733,46 @@ class PveTarget(Target):
             self.destroy(clone)
             raise
         return clone
+
+    # --- releases --------------------------------------------------------------------------------
+    def labels(self, vm: VM) -> frozenset[str]:
+        tags = vm.data.get("tags")
+        if tags is None:
+            tags = sorted(vmconfig.tags_of(self.client.get(f"{self._qemu(vm)}/config") or {}))
+            vm.data["tags"] = tags
+        return frozenset(tags) - {vmconfig.TAG}
+
+    def set_labels(self, vm: VM, labels: Iterable[str]) -> None:
+        """One config write: PVE replaces the whole tag list, so the labels move in one step."""
+        self._ours(vm)
+        value = vmconfig.tags_value(set(labels))
+        self.client.run("POST", f"{self._qemu(vm)}/config", what=f"tags of VM {vm.ident} ({vm.name})",
+                        wait=self._wait(CONFIG_TIMEOUT), tags=value)
+        vm.data["tags"] = sorted(value.split(";"))
+
+    def dependents(self, vm: VM) -> list[str]:
+        """VMs with a disk on one of *vm*'s base volumes (linked clones: ``base-VMID-disk-N/vm-...``)."""
+        vmid = self._vmid(vm)
+        marker = f"base-{vmid}-disk-"
+        holders = []
+        for entry in self.client.get("/cluster/resources", type="vm") or []:
+            if entry.get("type") != "qemu" or int(entry.get("vmid", -1)) == vmid or not entry.get("node"):
+                continue
+            config = self.client.get(f"/nodes/{entry['node']}/qemu/{entry['vmid']}/config") or {}
+            if any(re.fullmatch(r"(virtio|scsi|sata|ide|efidisk|tpmstate)\d+", k) and marker in str(v)
+                   for k, v in config.items()):
+                holders.append(str(entry.get("name") or entry["vmid"]))
+        return sorted(holders)
+
+    def store_manifest(self, vm: VM, manifest: str) -> str:
+        config = self.client.get(f"{self._qemu(vm)}/config") or {}
+        description, whole = vmconfig.with_manifest(str(config.get("description") or ""), manifest)
+        self.client.run("POST", f"{self._qemu(vm)}/config", what=f"manifest of VM {vm.ident} ({vm.name})",
+                        wait=self._wait(CONFIG_TIMEOUT), description=description)
+        if whole:
+            return f"the description of VM {vm.ident} on {self.name}"
+        return (f"its sha256 in the description of VM {vm.ident} on {self.name} (the manifest is too large for "
+                "PVE's 8 KiB description; the build machine keeps it in OUT/RELEASE/release-manifest.json)")
+
+    def read_manifest(self, vm: VM) -> str | None:
+        return vmconfig.manifest_in(self.client.get(f"{self._qemu(vm)}/config") or {})

@@ -62,14 +62,6 @@ class Uploader:
         self._sleep = sleep
 
     # --- what is there -------------------------------------------------------------------------
-    def storage_content_types(self, storage: str) -> set[str]:
-        entries = self.client.get(f"/nodes/{self.node}/storage", storage=storage) or []
-        for entry in entries:
-            if entry.get("storage") == storage:
-                return {c for c in str(entry.get("content", "")).split(",") if c}
-        raise ImgbuildError(f"storage {storage!r} does not exist on node {self.node} (or is not enabled there)",
-                            detail="check iso_storage / disk_storage / import_storage of the target")
-
     def listing(self, storage: str, content: str) -> list[dict[str, Any]]:
         return list(self.client.get(f"/nodes/{self.node}/storage/{storage}/content", content=content) or [])
 

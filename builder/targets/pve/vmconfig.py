@@ -10,6 +10,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import lzma
 import math
 import re
 from typing import Any
@@ -205,3 +208,37 @@ def inputs_of(config: dict[str, Any]) -> str | None:
 
 def tags_of(config: dict[str, Any]) -> set[str]:
     return {t for t in re.split(r"[;, ]+", str(config.get("tags") or "")) if t}
+
+
+# --- releases: labels are tags beside TAG; a release's manifest rides in the description -------------------
+MANIFEST_PREFIX = "imgbuild-manifest: xz+base64:"
+MANIFEST_REF_PREFIX = "imgbuild-manifest-sha256: "
+DESCRIPTION_MAX = 8192  # qemu-server's config schema: description maxLength
+
+
+def tags_value(labels: set[str]) -> str:
+    """PVE's tag list (pve-tag-list, ';'-separated): TAG first, then the labels, sorted."""
+    return ";".join([TAG, *sorted(labels - {TAG})])
+
+
+def with_manifest(description: str, manifest: str) -> tuple[str, bool]:
+    """*description* with the manifest in it (xz, base64) when that fits PVE's limit, else with its sha256
+    only. Returns the new description and whether the manifest itself went in."""
+    kept = [line for line in description.splitlines()
+            if not line.startswith((MANIFEST_PREFIX, MANIFEST_REF_PREFIX))]
+    raw = manifest.encode()
+    packed = base64.b64encode(lzma.compress(raw, preset=9)).decode()
+    full = "\n".join([*kept, MANIFEST_PREFIX + packed])
+    if len(full) <= DESCRIPTION_MAX:
+        return full, True
+    return "\n".join([*kept, MANIFEST_REF_PREFIX + hashlib.sha256(raw).hexdigest()]), False
+
+
+def manifest_in(config: dict[str, Any]) -> str | None:
+    for line in str(config.get("description") or "").splitlines():
+        if line.startswith(MANIFEST_PREFIX):
+            try:
+                return lzma.decompress(base64.b64decode(line[len(MANIFEST_PREFIX):])).decode()
+            except (ValueError, lzma.LZMAError, UnicodeDecodeError):
+                return None
+    return None
