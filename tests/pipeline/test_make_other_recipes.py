@@ -66,7 +66,8 @@ def test_lxde_desktop_logs_admin_in_and_shows_the_session(imgbuild, tmp_path) ->
         shell.connect(120)
         # the session never blanks or locks (light-locker locks when the X screen saver starts)
         xset = shell.run("DISPLAY=:0 xset q").stdout
-        assert re.search(r"timeout:\s+0\b", xset) and "DPMS is Disabled" in xset, xset
+        assert re.search(r"timeout:\s+0\b", xset), xset
+        assert "DPMS is Disabled" in xset or "Server does not have the DPMS Extension" in xset, xset
         greeter, seen = greeter_screen(shell, lambda: target.screenshot(vm, tmp_path / "greeter.png").read_bytes())
     share = differing_fraction(session, greeter)
     sys.stderr.write(f"greeter: {seen}; {share:.1%} of the pixels differ from the session's screen\n")
