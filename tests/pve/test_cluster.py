@@ -161,7 +161,7 @@ def test_a_failure_on_another_node_leaves_nothing_there(cluster: PveSimulator, s
 
 def test_clones_cross_nodes_only_from_shared_storage(cluster: PveSimulator, stubbed: list[str], tmp_path: Path,
                                                      targets: list[PveTarget]) -> None:
-    from builder.cli.commands.clone_cmd import clone
+    from builder.pipeline.clone import clone
 
     base = recipe("golden-base")
     retarget(cluster, node="pve2", disk_storage="shared")
