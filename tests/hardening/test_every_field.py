@@ -31,6 +31,7 @@ from builder.recipe import load_recipe
 from builder.secrets.keys import ensure_keypair
 from builder.secrets.passwords import hash_password
 from builder.targets.pve import vmconfig
+from tests.debconf import check_preseed
 from tests.hardening.conftest import REPO, assert_no_traceback, cli
 from tests.hardening.httpproxy import forwarding_proxy
 
@@ -168,8 +169,7 @@ def test_the_installer_method_carries_every_field(recipes: Path, tmp_path: Path)
     proc = cli("render", "allfields", out=out, recipes=recipes)
     assert proc.returncode == 0, proc.stderr
     rendered = out / "allfields"
-    check = subprocess.run(["debconf-set-selections", "-c", str(rendered / "preseed.cfg")], capture_output=True,
-                           text=True, check=False)
+    check = check_preseed(rendered / "preseed.cfg")
     assert check.returncode == 0 and not check.stderr, check.stderr
     answers = preseed_answers((rendered / "preseed.cfg").read_text())
     expected = {

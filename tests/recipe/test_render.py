@@ -15,6 +15,7 @@ from builder.fsutil import atomic_output
 from builder.recipe import load_recipe
 from builder.render.write import render_recipe
 from builder.secrets.passwords import verify_password
+from tests.debconf import check_preseed
 from tests.recipe.conftest import SHIPPED, write_recipe
 
 RENDERED = ("preseed.cfg", "user-data", "meta-data", "network-config", "known_hosts")
@@ -36,7 +37,7 @@ def rendered_all(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("name", SHIPPED)
 def test_preseed_passes_debconf_set_selections(rendered_all: Path, name: str) -> None:
     preseed = rendered_all / name / "preseed.cfg"
-    result = run("debconf-set-selections", "-c", str(preseed))
+    result = check_preseed(preseed)
     assert result.returncode == 0, result.stderr
     assert preseed.read_text().startswith("#_preseed_V1\n")
 
