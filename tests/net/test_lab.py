@@ -149,8 +149,8 @@ def test_a_kernel_refusal_is_named_before_anything_is_made(labs: Path) -> None:
     assert no_lab_left(lab_name("bond")) == [] and not (labs / lab_name("bond")).exists()
 
 
-def start_lab_up(lab: str, labs: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "IMGBUILD_LAB_DIR": str(labs)}
+def start_lab_up(lab: str, labs: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    env = {**os.environ, "IMGBUILD_LAB_DIR": str(labs), **(extra_env or {})}
     return subprocess.Popen([sys.executable, "-m", "builder", "lab", "up", "--lab", lab], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -195,13 +195,24 @@ def test_lab_down_works_without_the_record(labs: Path) -> None:
     assert no_lab_left(lab) == []
 
 
-def test_an_interrupted_lab_up_removes_what_it_made(labs: Path) -> None:
+def test_an_interrupted_lab_up_removes_what_it_made(labs: Path, tmp_path: Path) -> None:
+    """Ctrl-C while ifupdown2 configures the node. The moment is made certain, not raced for: an ``ifup``
+    first on PATH marks that lab up reached it and then waits (one process: ``exec sleep``), so the
+    interrupt lands there on a fast machine and on a loaded one alike."""
     lab = lab_name("intr")
-    proc = lab_up_signalled(lab, labs, signal.SIGINT)
+    cli("lab", "down", "--lab", lab, labs=labs)
+    shim, reached = tmp_path / "bin", tmp_path / "ifup-reached"
+    shim.mkdir()
+    (shim / "ifup").write_text(f'#!/bin/sh\n: > "{reached}"\nexec sleep 120\n')
+    (shim / "ifup").chmod(0o755)
+    proc = start_lab_up(lab, labs, {"PATH": f"{shim}:{os.environ.get('PATH', '')}"})
+    deadline = time.monotonic() + 60
+    while not reached.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "lab up never reached ifup"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    if proc.returncode == 0:  # the signal came after the lab was complete: nothing to prove this time
-        cli("lab", "down", "--lab", lab, labs=labs)
-        pytest.fail("lab up finished before the interrupt arrived; the test needs a slower machine or an earlier signal")
     assert proc.returncode == 130, err
     assert no_lab_left(lab) == [] and not (labs / lab).exists()
 
