@@ -4,9 +4,12 @@ resolve cloud-init's dependencies), reusing downloaded .debs across builds."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 from builder.cachedir import cache_dir
@@ -85,7 +88,7 @@ def run_streaming(argv: list[str], *, label: str, progress: Progress, tail_lines
     try:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-            env=env,
+            env=env, start_new_session=True,  # its own process group: stopped whole (stop_group)
             preexec_fn=die_with_parent(),  # noqa: PLW1509 - only a prepared prctl runs in the child (see proc.py)
         )
     except FileNotFoundError as exc:
@@ -101,13 +104,27 @@ def run_streaming(argv: list[str], *, label: str, progress: Progress, tail_lines
             if line.startswith(("I: ", "E: ", "W: ")):
                 progress.step(f"{label}: {line[3:]}"[:150])
         rc = proc.wait()
-    except BaseException:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    except BaseException:  # Ctrl-C, SIGTERM: stop mmdebstrap and everything it started, then go on unwinding
+        stop_group(proc)
         raise
     if rc != 0:
         raise CommandFailed(f"command failed with exit status {rc}: {quote(argv)}", detail="\n".join(tail))
+
+
+def stop_group(proc: subprocess.Popen[str], grace: float = 30.0) -> None:
+    """SIGTERM to *proc*'s process group (mmdebstrap and the apt, dpkg and hooks it runs), then SIGKILL to
+    whatever is left after *grace* seconds: when this returns nothing of it writes into the build tree."""
+    pgid = proc.pid
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.2)
+            try:
+                os.killpg(pgid, 0)  # anyone left in the group (exited members are reaped quickly)?
+            except ProcessLookupError:
+                return
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)

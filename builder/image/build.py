@@ -8,6 +8,7 @@ key stops two processes from building the same image at once.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -107,8 +108,11 @@ def build_golden_image(spec: ImageSpec, *, refresh: bool = False,
                 write_manifest(final, manifest)
             else:
                 _install(qcow, final, manifest)
-        finally:
-            remove_tree(work)
+        except BaseException:  # failed or interrupted: what cannot go now, the next build removes
+            with contextlib.suppress(ImgbuildError, OSError):
+                remove_tree(work)
+            raise
+        remove_tree(work)
     return GoldenImage(final, key, cached=False, manifest=manifest, previous=previous, identical=identical)
 
 
@@ -304,4 +308,8 @@ def remove_tree(path: Path) -> None:
     left = _mounts_under(path)
     if left:
         raise ImgbuildError(f"cannot remove {path}: still mounted inside: {', '.join(left)}")
-    shutil.rmtree(path)
+    try:
+        shutil.rmtree(path)
+    except OSError as exc:
+        raise ImgbuildError(f"cannot remove {path}: {exc.strerror or exc}",
+                            detail="the next image build removes it, or remove it yourself") from None

@@ -22,12 +22,12 @@ class Run(subprocess.Popen[bytes]):
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-def start(out: Path, *args: str, env: dict[str, str] | None = None) -> Run:
+def start(out: Path, *args: str, env: dict[str, str] | None = None, recipes: Path = REPO / "recipes") -> Run:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PROXMOX_", "IMGBUILD_"))}
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.parent / f"imgbuild-{'-'.join(args)[:60]}-{len(list(out.parent.glob('imgbuild-*')))}.log"
     with open(log, "wb") as fh:
-        run = Run([sys.executable, "-m", "builder", "--recipes-dir", str(REPO / "recipes"), "--out-dir", str(out),
+        run = Run([sys.executable, "-m", "builder", "--recipes-dir", str(recipes), "--out-dir", str(out),
                    *args], env={**base, "PYTHONPATH": str(REPO), **(env or {})}, stdout=fh, stderr=subprocess.STDOUT)
     run.log = log
     return run

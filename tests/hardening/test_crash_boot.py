@@ -33,8 +33,9 @@ def work_dirs(final: Path) -> list[Path]:
     return sorted(final.parent.glob(f".build-{final.stem}-*"))
 
 
+@pytest.mark.parametrize("when", ["mmdebstrap starts", "dpkg runs"])
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
-def test_image_build_killed_in_mmdebstrap(sig: str, tmp_path: Path) -> None:
+def test_image_build_killed_in_mmdebstrap(sig: str, when: str, tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.fail("image builds need root (mmdebstrap --mode=root): run the boot tests as root, as CI does")
     spec = specs.image_spec(load_recipe("web-server", REPO / "recipes"))
@@ -43,8 +44,9 @@ def test_image_build_killed_in_mmdebstrap(sig: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
 
     proc = start(out, "make", "web-server", "--refresh-image")
-    mmdebstrap = poll("mmdebstrap", lambda: [p for p in processes_mentioning(f".build-{final.stem}-")
-                                             if "mmdebstrap" in p[1]], timeout=900)
+    wanted = "mmdebstrap" if when == "mmdebstrap starts" else "dpkg"  # early, or deep in the chroot's work
+    mmdebstrap = poll(when, lambda: [p for p in processes_mentioning(f".build-{final.stem}-") if wanted in p[1]],
+                      timeout=900, interval=0.02)
     (work,) = work_dirs(final)
     proc.send_signal(signal.SIGTERM if sig == "SIGTERM" else signal.SIGKILL)
     status = exit_status(proc, 300)
