@@ -216,7 +216,7 @@ def test_the_lab_lists_its_guests_per_bridge(lab: Lab, web: dict, nat: dict, rou
     guests = {b["name"]: b["guests"] for b in lab.status()["bridges"]}
     assert guests == {"vmbr0": ["web-server"], "vmbr1": ["nat-guest"], "vmbr2": ["routed-guest"]}
     listed = json.loads(lab("status", "--json", "--target", "lab").stdout)
-    assert {r["name"] for r in listed} >= {"web-server", "nat-guest", "routed-guest"}
+    assert {vm["name"] for vm in listed["vms"]} >= {"web-server", "nat-guest", "routed-guest"}
 
 
 def start_make(lab: Lab, recipe: str) -> subprocess.Popen[str]:
