@@ -28,6 +28,9 @@ def apt_archive_cache(release: str) -> Path:
     return cache_dir("apt-archives", release)
 
 
+PRIVATE_MOUNTS = ["unshare", "--mount", "--propagation", "private", "--"]  # util-linux, Essential in Debian
+
+
 def mmdebstrap_argv(spec: ImageSpec, rootdir: Path, apt_cache: Path) -> list[str]:
     """The mmdebstrap command for *spec* (pure).
 
@@ -67,7 +70,10 @@ def bootstrap_env(epoch: int) -> dict[str, str]:
 def bootstrap(spec: ImageSpec, rootdir: Path, *, epoch: int, progress: Progress = NullProgress()) -> None:
     require_tool("mmdebstrap", "mmdebstrap")
     cache = apt_archive_cache(spec.release)
-    argv = mmdebstrap_argv(spec, rootdir, cache)
+    # In a mount namespace of its own: the /dev, /proc and /sys mounts mmdebstrap makes in the chroot exist
+    # only there, and the kernel removes them when its last process exits, however it ends (a SIGKILL of
+    # imgbuild stops mmdebstrap with the SIGTERM of die_with_parent, too early for its own unmounting).
+    argv = [*PRIVATE_MOUNTS, *mmdebstrap_argv(spec, rootdir, cache)]
     # Two builds syncing .debs out into one cache at once could leave a torn file for the next build's
     # sync-in: builds of a release take turns (they compete for the same CPUs and disk anyway).
     lock = cache.parent / f".{cache.name}.lock"

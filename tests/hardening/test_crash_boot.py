@@ -2,7 +2,8 @@
 
 - An image build (``make --refresh-image``) killed early in mmdebstrap: SIGTERM stops mmdebstrap and removes
   the work directory; after SIGKILL mmdebstrap is stopped by the kernel (PR_SET_PDEATHSIG) and the next
-  build removes the directory. The cached image is never touched: it is only replaced by a finished build.
+  build removes the directory. Either way no mount is left under it: mmdebstrap runs in a mount namespace
+  of its own, which the kernel tears down with its last process. The cached image is never touched: it is only replaced by a finished build.
 - ``make`` killed while its guest boots: SIGTERM destroys the VM and its staged seed (exit 143); after
   SIGKILL the VM keeps running with its seed, and the next ``make`` verifies it, then detaches and removes
   the seed and shuts it down.
