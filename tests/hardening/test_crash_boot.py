@@ -2,8 +2,9 @@
 
 - An image build (``make --refresh-image``) killed early in mmdebstrap: SIGTERM stops mmdebstrap and removes
   the work directory; after SIGKILL mmdebstrap is stopped by the kernel (PR_SET_PDEATHSIG) and the next
-  build removes the directory. Either way no mount is left under it: mmdebstrap runs in a mount namespace
-  of its own, which the kernel tears down with its last process. The cached image is never touched: it is only replaced by a finished build.
+  build removes the directory. Either way no mount is left under it: mmdebstrap runs in a mount
+  namespace of its own, which the kernel tears down with its last process. The cached image is never
+  touched: it is only replaced by a finished build.
 - ``make`` killed while its guest boots: SIGTERM destroys the VM and its staged seed (exit 143); after
   SIGKILL the VM keeps running with its seed, and the next ``make`` verifies it, then detaches and removes
   the seed and shuts it down.
@@ -96,9 +97,11 @@ def test_make_killed_while_booting(tmp_path: Path) -> None:
     assert not (out / "web-server" / "vm").exists() and staged_seeds(out) == [] and parts_under(out) == []
     assert json.loads((out / "web-server" / "report.json").read_text())["error"].startswith("Terminated")
 
-    # SIGKILL: no cleanup can run; the guest keeps booting with its seed attached
+    # SIGKILL: no cleanup can run; the guest keeps booting with its seed attached. Killed once QEMU has
+    # daemonized and the guest boots (a kill while QEMU is still starting takes QEMU's parent with it:
+    # then there is no guest, and the next make starts one)
     proc = start(out, "make", "web-server")
-    poll("QEMU", lambda: qemu_of(out), timeout=600)
+    poll("the guest to boot", lambda: qemu_of(out) and "waiting for the guest agent" in proc.output(), timeout=600)
     proc.send_signal(signal.SIGKILL)
     assert exit_status(proc) == 137
     assert qemu_of(out) and staged_seeds(out)

@@ -108,7 +108,8 @@ def test_builds_of_a_release_take_turns_on_the_shared_apt_cache(cache: Path, mon
     apt_cache = bootstrap_mod.apt_archive_cache("trixie")
     ran: list[str] = []
     monkeypatch.setattr(bootstrap_mod, "require_tool", lambda *a: "mmdebstrap")
-    monkeypatch.setattr(bootstrap_mod, "run_streaming", lambda argv, **kw: ran.append(argv[0]))
+    monkeypatch.setattr(bootstrap_mod, "run_streaming",
+                        lambda argv, **kw: ran.append(argv[len(bootstrap_mod.PRIVATE_MOUNTS)]))
 
     class Steps:
         lines: typing.ClassVar[list[str]] = []
