@@ -27,6 +27,10 @@ def test_dropped_upload_leaves_nothing(pve: Client) -> None:
     with pytest.raises(requests.exceptions.ConnectionError):
         upload(pve, "seed.iso", os.urandom(4 << 20))
     assert rule.hits == 1
+    # the client sees the dropped connection before the simulator's handler has removed its temp file
+    deadline = time.monotonic() + 10
+    while list(pve.sim.tmp_dir.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert pve.sim.volume_ids() == [] and list(pve.sim.tmp_dir.iterdir()) == []
     logged = pve.sim.requests_matching("POST", "/upload$")[-1]
     assert logged.status == 0 and "dropped" in logged.extra["aborted"] and logged.upload_bytes == 256 * 1024
