@@ -66,10 +66,6 @@ class ConsoleProgress:
         self._last_transfer = 0.0
         self._transfer_start: dict[str, tuple[float, int]] = {}
 
-    @property
-    def stage_start(self) -> float:
-        return self._stages[-1][1] if self._stages else time.monotonic()
-
     def begin_stage(self, name: str) -> None:
         self._clear()
         self.stream.write(redact(f"{self.prefix}{'  ' * len(self._stages)}==> {name}\n"))
@@ -87,7 +83,8 @@ class ConsoleProgress:
         self.stream.flush()
 
     def _elapsed(self) -> str:
-        return f"{time.monotonic() - self.stage_start:6.1f}s"
+        now = time.monotonic()  # read once: outside a stage the clock starts now, at 0.0s (never -0.0s)
+        return f"{now - (self._stages[-1][1] if self._stages else now):6.1f}s"
 
     def _status(self, text: str) -> None:
         text = redact(text)
