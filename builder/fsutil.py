@@ -51,13 +51,19 @@ def atomic_output(path: Path, mode: int = 0o644, binary: bool = True) -> Iterato
 def held_signals() -> Iterator[None]:
     """Ctrl-C and SIGTERM wait (blocked) while the block runs, and arrive when it ends. Around creating a
     part file and keeping its name, inside the caller's ``try``: an interrupt between the two would leave
-    the file behind, unnamed, for nobody to remove."""
+    the file behind, unnamed, for nobody to remove.
+
+    The mask is read before it changes and restored in ``finally``: a signal that arrived just before the
+    block took effect raises its KeyboardInterrupt as ``pthread_sigmask`` returns, and the mask must not stay
+    blocked then (this thread's later children would inherit it and never see a Ctrl-C)."""
+    held = {signal.SIGINT, signal.SIGTERM}
     try:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, set())
     except (ValueError, OSError):  # a thread that may not block them: nothing to guard
         yield
         return
     try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, held)
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -10,6 +10,8 @@ the opt-in one). The variables are listed in the README.
 from __future__ import annotations
 
 import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,3 +34,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
+
+
+@pytest.fixture(autouse=True)
+def _no_signals_left_blocked() -> Iterator[None]:
+    """A test that leaves SIGINT or SIGTERM blocked in this worker's main thread would pass the block on to
+    every process the worker starts later (exec keeps the signal mask): their Ctrl-C tests would hang."""
+    yield
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, set()) & {signal.SIGINT, signal.SIGTERM}
+    if blocked:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
+        pytest.fail(f"the test left {sorted(s.name for s in blocked)} blocked", pytrace=False)

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -109,15 +110,25 @@ def terminated_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, cleaning_up)
         raise Terminated("terminated by SIGTERM")
 
-    try:
-        previous = signal.signal(signal.SIGTERM, terminate)
-    except ValueError:  # not the main thread: signals cannot be handled here
+    if threading.current_thread() is not threading.main_thread():  # signals cannot be handled here
         yield
         return
+    # Read before it changes, restored in ``finally``: a SIGTERM right as the handler is set raises there.
+    previous = signal.getsignal(signal.SIGTERM)
+    unblocked_ctrl_c()
     try:
+        signal.signal(signal.SIGTERM, terminate)
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def unblocked_ctrl_c() -> None:
+    """A blocked SIGINT or SIGTERM inherited from whatever started imgbuild (exec keeps the signal mask)
+    would make Ctrl-C and a service stop wait forever; a caller that wants them ignored sets SIG_IGN, which
+    stays as it is."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def _redacted_excepthook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
