@@ -44,4 +44,4 @@ def _no_signals_left_blocked() -> Iterator[None]:
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, set()) & {signal.SIGINT, signal.SIGTERM}
     if blocked:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
-        pytest.fail(f"the test left {sorted(s.name for s in blocked)} blocked", pytrace=False)
+        pytest.fail(f"the test left {sorted(signal.Signals(s).name for s in blocked)} blocked", pytrace=False)

@@ -29,7 +29,7 @@ from builder.progress import NullProgress, Progress
 from builder.recipe.model import Recipe
 from builder.recipe.rules import method_problems
 from builder.render.write import Rendered, render_recipe
-from builder.targets.base import VM, Staged, Target
+from builder.targets.base import VM, ArtifactKind, Staged, Target
 from builder.verify.checks import CheckRunner, GuestAccess, Outcome
 
 ADDRESS_TIMEOUT = 900.0  # TCG boots are slow; the guest agent answers once the guest is up
@@ -132,7 +132,7 @@ def make(recipe: Recipe, out_root: Path, target: Target, options: MakeOptions,
                 stage_media(target, built, report, progress)
                 record.reused = not any(s.uploaded for s in built.staged.values())
             with stages.stage("create"):
-                vm = create_vm(recipe, target, built, existing, method, inputs, options, progress)
+                vm = create_vm(recipe, target, built, existing, method, inputs, options, report, progress)
                 created = True
                 report.vm = {"name": vm.name, "target": vm.target, "id": vm.ident, "reused": False, **where(vm)}
             if method == "installer":
@@ -282,29 +282,48 @@ def what_changed(golden: GoldenImage, out_dir: Path, report: Report, progress: P
     return changes
 
 
-def stage_media(target: Target, built: Built, report: Report, progress: Progress) -> None:
+def media(built: Built) -> dict[str, tuple[Path, ArtifactKind, str]]:
+    """What a VM of *built* needs on the target: key -> (local file, kind, label)."""
     name = built.rendered.recipe.name
+    wanted: dict[str, tuple[Path, ArtifactKind, str]] = {}
     if built.golden is not None:
-        image = target.stage(built.golden.path, "image", label=f"{name}-image", progress=progress)
-        built.staged["image"] = image
-        report.add_artifact("golden-image", built.golden.path, image.sha256, image.size, reused=built.golden.cached)
-    built.staged["seed"] = target.stage(built.seed, "iso", label=f"{name}-seed", progress=progress)
+        wanted["image"] = (built.golden.path, "image", f"{name}-image")
+    wanted["seed"] = (built.seed, "iso", f"{name}-seed")
     if built.installer is not None:
-        built.staged["installer"] = target.stage(built.installer, "iso", label=f"{name}-installer",
-                                                 progress=progress)
+        wanted["installer"] = (built.installer, "iso", f"{name}-installer")
+    return wanted
+
+
+def stage_media(target: Target, built: Built, report: Report, progress: Progress, *, again: bool = False) -> None:
+    """Put the media on the target (content-addressed: what it has is not transferred). *again*: after the
+    earlier VM was destroyed, which may have removed media of the same name; what this run transferred
+    before stays counted as transferred."""
+    before = dict(built.staged)
+    for key, (path, kind, label) in media(built).items():
+        staged = target.stage(path, kind, label=label, progress=progress)
+        if key in before and before[key].uploaded:
+            staged = replace(staged, uploaded=True)
+        built.staged[key] = staged
+        if key == "image" and not again:
+            assert built.golden is not None
+            report.add_artifact("golden-image", path, staged.sha256, staged.size, reused=built.golden.cached)
     uploaded = [k for k, s in built.staged.items() if s.uploaded]
     report.cache["staged"] = {k: {"ref": s.ref, "uploaded": s.uploaded} for k, s in built.staged.items()}
-    progress.note(f"staged on {target.name}: {', '.join(built.staged)} (transferred: {', '.join(uploaded) or 'nothing'})")
+    progress.note(f"staged on {target.name}{' again' if again else ''}: {', '.join(built.staged)} "
+                  f"(transferred: {', '.join(uploaded) or 'nothing'})")
 
 
 def create_vm(recipe: Recipe, target: Target, built: Built, existing: VM | None, method: str, inputs: str,
-              options: MakeOptions, progress: Progress) -> VM:
+              options: MakeOptions, report: Report, progress: Progress) -> VM:
     if existing is not None:
         if not options.replace:
             raise ImgbuildError(f"a VM named {recipe.name} already exists on {target.name} and is not up to date",
                                 detail=f"remove it with: imgbuild destroy {recipe.name} (or drop --no-replace)")
         progress.step(f"replacing the earlier VM {recipe.name} (built from other inputs)")
         target.destroy(existing)
+        # Its media went with it, and content-addressed names make them the ones just staged when the bytes
+        # are the same (a --rebuild of an unchanged recipe): stage again; only what was removed is transferred.
+        stage_media(target, built, report, progress, again=True)
     cdroms: tuple[Staged | None, ...] = (built.staged["seed"],)
     if method == "installer":
         cdroms = (built.staged["installer"], built.staged["seed"])

@@ -202,6 +202,21 @@ def test_keep_on_failure_keeps_vm_and_seed(target: PveTarget, pve_sim: PveSimula
     target.destroy(target.find_vm("web-server"))  # type: ignore[arg-type]
 
 
+def test_rebuild_over_a_vm_that_still_holds_the_same_seed(target: PveTarget, pve_sim: PveSimulator,
+                                                          web_server: Recipe, stubbed: list[str],
+                                                          tmp_path: Path) -> None:
+    """The kept VM's seed volume is the very one the rebuild stages (same bytes, same name); destroying the
+    kept VM deletes it, so the rebuild stages it again rather than creating a VM on a deleted volume."""
+    pve_sim.faults.fail_task("qmstart", message="start failed")
+    with pytest.raises(ImgbuildError):
+        make(web_server, tmp_path / "out", target, MakeOptions(keep_on_failure=True))
+    (seed,) = pve_sim.volume_ids("iso")
+    rebuilt = make(web_server, tmp_path / "out", target, MakeOptions(rebuild=True))
+    assert rebuilt.ok and stubbed == ["web-server@192.168.1.250"]
+    assert [r.params["filename"] for r in uploads_in(pve_sim)].count(seed.split("/", 1)[1]) == 2
+    assert pve_sim.volume_ids("iso") == []  # verified: forgotten
+
+
 def test_secret_never_shows(target: PveTarget, pve_sim: PveSimulator, web_server: Recipe, stubbed: list[str],
                             tmp_path: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> None:
     secret = pve_sim.token.secret
