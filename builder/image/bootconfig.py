@@ -25,7 +25,7 @@ def grub_cfg(info: BootInfo) -> str:
 serial --unit=0 --speed=115200 --word=8 --parity=no --stop=1
 terminal_input serial console
 terminal_output serial console
-set timeout=1
+set timeout=0
 set default=0
 insmod {part}
 insmod ext2
@@ -48,8 +48,8 @@ set prefix=($root)/boot/grub
 def grub_defaults() -> str:
     """/etc/default/grub.d drop-in so a later update-grub in the guest keeps the serial console."""
     return f"""\
-# Written by imgbuild: boots visible on the serial console, short menu timeout.
-GRUB_TIMEOUT=1
+# Written by imgbuild: boots visible on the serial console, no menu wait (as Debian's cloud images).
+GRUB_TIMEOUT=0
 GRUB_CMDLINE_LINUX_DEFAULT=""
 GRUB_CMDLINE_LINUX="{SERIAL}"
 GRUB_TERMINAL="serial console"

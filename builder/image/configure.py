@@ -173,6 +173,8 @@ def configure_rootfs(root: Path, info: BootInfo, spec: ImageSpec, *, epoch: int,
     _write(root, "/etc/systemd/system/systemd-fsck-root.service.d/50-imgbuild-first-boot.conf",
            firstboot.fsck_root_dropin())
     configure_timezone(root, spec.timezone)
+    for stamp in firstboot.UPDATE_STAMPS:
+        _write(root, stamp, firstboot.update_done_stamp(epoch))
     _write(root, "/boot/grub/grub.cfg", bootconfig.grub_cfg(info))
     if info.bios == "seabios":
         # A later grub-pc upgrade in the guest reinstalls to the virtio disk instead of asking.

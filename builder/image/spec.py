@@ -19,7 +19,7 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # builder never trusts an image an older one made.
 # 2: the recipe's locale is generated in the image.
 # 3: reproducible (same packages, same bytes); a first boot trimmed to what the recipe needs; the keyboard.
-IMAGE_BUILDER_VERSION = "3"
+IMAGE_BUILDER_VERSION = "4"
 
 # What every golden image needs to boot under QEMU/PVE and be personalised by cloud-init.
 BASE_PACKAGES = (

@@ -20,6 +20,7 @@ from builder.image.firstboot import (
     fsck_root_dropin,
     masked_units,
     sshd_password_cfg,
+    update_done_stamp,
 )
 from builder.pipeline.specs import image_spec
 from builder.recipe import load_recipe
@@ -90,6 +91,12 @@ def test_sshd_and_fsck_drop_ins() -> None:
     assert sshd_password_cfg(FirstBoot()).splitlines()[-1] == "PasswordAuthentication no"
     assert sshd_password_cfg(FirstBoot(ssh_password_auth=True)).splitlines()[-1] == "PasswordAuthentication yes"
     assert "[Unit]\nConditionPathExists=/var/lib/cloud/instance\n" in fsck_root_dropin()
+
+
+def test_the_update_stamp_is_systemd_update_dones_with_the_image_time() -> None:
+    lines = update_done_stamp(1794401659).splitlines()
+    assert lines[0].startswith("# This file was created by systemd-update-done.")
+    assert lines[-1] == "TIMESTAMP_NSEC=1794401659000000000"  # no clamped file is newer: nothing to update
 
 
 def test_the_shipped_recipes_need_no_password_module_and_only_dhcp_waits_for_the_network() -> None:

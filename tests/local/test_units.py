@@ -90,7 +90,7 @@ def test_qemu_command_line() -> None:
     assert "virtio-blk-pci,drive=drive-disk0,id=disk0,bootindex=1" in line
     assert "ide-cd,bus=ide.0,drive=drive-cd0,id=cdrom0,bootindex=2" in line
     assert "if=none,id=drive-cd1,media=cdrom,readonly=on " in line + " "  # empty drive
-    assert "virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01" in line
+    assert "virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01,id=nic0,romfile=" in argv  # no PXE ROM to load
     assert "hostfwd=tcp:127.0.0.1:45000-10.0.2.15:22" in line
     assert "file,id=serial0,path=/x/console.log,append=on" in line
     assert "name=org.qemu.guest_agent.0" in line

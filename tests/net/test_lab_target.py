@@ -40,7 +40,7 @@ def test_qemu_runs_in_the_node_namespace_on_a_tap() -> None:
     assert argv[:5] == ["ip", "netns", "exec", "imgbuild-lab_node", "qemu-system-x86_64"]
     netdevs = [argv[i + 1] for i, a in enumerate(argv) if a == "-netdev"]
     assert netdevs == ["tap,id=net0,ifname=tapabcdef01i0,script=no,downscript=no"]
-    assert "virtio-net-pci,netdev=net0,mac=BC:24:11:00:00:01,id=nic0" in argv
+    assert "virtio-net-pci,netdev=net0,mac=BC:24:11:00:00:01,id=nic0,romfile=" in argv
     assert not any("hostfwd" in a or a.startswith("user,") for a in argv)
 
 

@@ -126,10 +126,16 @@ def guest(imgbuild, report, command: str) -> str:
 def test_the_first_boot_did_only_what_the_recipe_needs(imgbuild, made) -> None:
     """What the golden image baked in (builder/image/firstboot.py), seen in the guest after its first boot:
     no fsck of the fresh root filesystem, only the cloud-init modules the seed uses, sshd's password
-    setting from the image (cloud-init's set_passwords did not run), the time zone, and no wait for a
-    network that is configured already."""
+    setting from the image (cloud-init's set_passwords did not run), the time zone, no wait for a
+    network that is configured already, and no cache refresh for an update of /usr that never happened."""
     _, report = made
     assert guest(imgbuild, report, "systemctl show -p ConditionResult --value systemd-fsck-root").strip() == "no"
+    refreshes = ("ldconfig", "systemd-journal-catalog-update", "systemd-sysusers", "systemd-hwdb-update")
+    for unit in refreshes:  # the condition was evaluated on this boot and said no
+        shown = guest(imgbuild, report, f"systemctl show -p ConditionResult -p ConditionTimestampMonotonic {unit}")
+        props = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+        assert props["ConditionResult"] == "no" and int(props["ConditionTimestampMonotonic"]) > 0, (unit, props)
+    assert guest(imgbuild, report, "test -s /etc/ld.so.cache && echo cached").strip() == "cached"
     ran = set(guest(imgbuild, report, "sudo grep -o 'Running module [a-z_]*' /var/log/cloud-init.log "
                                       "| cut -d' ' -f3 | sort -u").split())
     kept = {"write_files", "set_hostname", "update_hostname", "update_etc_hosts", "users_groups", "ssh",

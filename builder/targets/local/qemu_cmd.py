@@ -135,7 +135,8 @@ def qemu_argv(layout: Layout, qemu: str = "qemu-system-x86_64") -> list[str]:
             netdev = f"user,id=net{i},{lay.slirp.netdev_options(lay.forwards if i == 0 else {})}"
         else:
             raise InvalidInput("a NIC needs user networking or a tap")
-        argv += ["-netdev", netdev, "-device", f"{NIC_MODELS[model]},netdev=net{i},mac={mac},id=nic{i}"]
+        # romfile= (none): the firmware loads no network-boot ROM, which no boot order here uses (0.5 s under TCG).
+        argv += ["-netdev", netdev, "-device", f"{NIC_MODELS[model]},netdev=net{i},mac={mac},id=nic{i},romfile="]
     if lay.agent:
         argv += [
             "-chardev", f"socket,id=qga0,path={lay.agent_socket},server=on,wait=off",
