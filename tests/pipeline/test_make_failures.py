@@ -17,9 +17,10 @@ pytestmark = pytest.mark.boot
 
 WRONG_TEXT = """\
 extends: web-server
-description: web-server whose HTTP check expects the wrong page, and whose late command breaks cron
+description: web-server whose HTTP check expects the wrong page, and whose late commands break cron and fail
 late_commands:
   - systemctl disable --now cron
+  - test -e /this-late-command-fails
 verify:
   - check: ssh
   - check: service
@@ -40,19 +41,22 @@ def test_wrong_http_text_fails_make_and_reuses_the_image(imgbuild) -> None:
     result = imgbuild("make", "web-wrong")
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
-    assert "2 check(s) failed: service cron, http :80/" in result.stderr
+    assert "3 check(s) failed: ssh, service cron, http :80/" in result.stderr
     assert "report.json" in result.stderr
     report = imgbuild.report("web-wrong")
-    assert report["ok"] is False and report["failed_checks"] == ["service cron", "http :80/"]
+    assert report["ok"] is False and report["failed_checks"] == ["ssh", "service cron", "http :80/"]
     http = check_named(report, "http :80/")
     assert "Welcome to nginx!" in http["expected"]
     assert http["seen"].startswith("HTTP 200") and "Apache2" in http["seen"]
     # A service the guest broke fails its check: with late commands, checks wait for cloud-init to finish.
     assert check_named(report, "service cron")["seen"] == "cron is inactive"
-    assert check_named(report, "ssh")["ok"] and "cloud-init status: done" in check_named(report, "ssh")["seen"]
+    # A late command that fails is an error of cloud-init's final stage: the ssh check fails on it, naming it.
+    ssh = check_named(report, "ssh")
+    assert not ssh["ok"] and "cloud-init status: error (" in ssh["seen"] and "scripts_user" in ssh["seen"], ssh
+    assert "addresses 192.168.1.250/24" in ssh["seen"]  # the login itself worked
     assert report["cache"]["image"]["reused"] is True  # late commands need no image of their own
     verify = next(s for s in report["stages"] if s["name"] == "verify")
-    assert verify["ok"] is False and "2 of 3 checks failed" in verify["detail"]
+    assert verify["ok"] is False and "3 of 3 checks failed" in verify["detail"]
     # A failed make leaves no VM behind (no --keep-on-failure).
     assert report["vm"]["state"] == "destroyed after failure"
     assert qemu_processes(imgbuild.out) == []

@@ -18,6 +18,7 @@ from builder.iso.seed import build_seed_iso, content_epoch
 from builder.targets.base import VM
 from builder.targets.local import LocalTarget, LocalVM, choose_accel
 from builder.targets.local.qmp import QMPClient
+from builder.verify.checks import CLOUD_INIT_RESULT, cloud_init_status
 from tests.local.guest import png_pixels
 from tests.pipeline.conftest import check_named, qemu_processes
 
@@ -146,6 +147,15 @@ def test_the_first_boot_did_only_what_the_recipe_needs(imgbuild, made) -> None:
     chain = guest(imgbuild, report, "systemd-analyze critical-chain multi-user.target --no-pager")
     assert "systemd-fsck-root" not in chain and "wait-online" not in chain, chain
     assert "imgbuild: web-server is up after" in guest(imgbuild, report, "sudo cat /var/log/cloud-init-output.log")
+
+
+def test_the_cloud_init_verdict_agrees_with_cloud_inits_own_status(imgbuild, made) -> None:
+    """The ssh check reads the files `cloud-init status` reads instead of running it (seconds of Python
+    start-up under TCG): in the guest both say the same."""
+    _, report = made
+    ours = cloud_init_status(guest(imgbuild, report, CLOUD_INIT_RESULT))
+    theirs = guest(imgbuild, report, "cloud-init status 2>/dev/null | head -1").strip()
+    assert ours == theirs == "status: done"
 
 
 def test_screendump_and_media_change(imgbuild, made, tmp_path) -> None:
