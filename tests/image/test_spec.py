@@ -61,10 +61,10 @@ def test_mmdebstrap_argv_caches_debs_and_keeps_the_proxy_out_of_the_key(tmp_path
     assert argv[-3:] == ["trixie", str(tmp_path / "root"), "http://deb.debian.org/debian"]
 
 
-def test_boot_config_has_serial_console_and_short_timeout() -> None:
+def test_boot_config_has_serial_console_and_no_menu_wait() -> None:
     info = BootInfo("seabios", "11111111-2222-3333-4444-555555555555", "6.12.0-1-amd64", "trixie")
     cfg = grub_cfg(info)
-    assert "terminal_output serial console" in cfg and "set timeout=1" in cfg
+    assert "terminal_output serial console" in cfg and "set timeout=0" in cfg
     assert "console=tty0 console=ttyS0,115200" in cfg
     assert "root=UUID=11111111-2222-3333-4444-555555555555" in cfg and "part_msdos" in cfg
     assert "/boot/efi" not in fstab(info)
