@@ -18,6 +18,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# A suite started in the background by a non-interactive shell (`pytest ... &`, `(cmd &)`) inherits SIGINT
+# ignored, and exec passes "ignored" on to every process a test starts: imgbuild then rightly keeps Ctrl-C
+# ignored, as nohup'd programs do, and the Ctrl-C tests hang until their timeouts. Those tests are about
+# what a user's Ctrl-C does, so the suite restores the disposition a terminal gives (this module is
+# imported in every xdist worker, and children exec'd from a Python handler start with SIGINT default).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
